@@ -1,0 +1,102 @@
+//! The Kubernetes side of the network task, after flannel's kube subnet
+//! manager: this node's lease from its Node object. (Peers and annotations
+//! follow in the same module.)
+
+mod lease;
+
+use std::pin::pin;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+pub use lease::{lease_state, node_pod_cidrs, Lease, LeaseError, LeaseState};
+
+use crate::config::NetConf;
+
+/// Waiting for the lease failed for a reason waiting longer cannot fix.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The Node's Pod CIDRs are unusable.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// The watch stream ended, which kube-runtime's watcher never does on
+    /// its own.
+    #[error("the watch on node {0} ended unexpectedly")]
+    WatchEnded(String),
+}
+
+/// Watches this node's own Node object (field selector on its name) until
+/// every family net-conf.json enables has a Pod CIDR, like k3s does before
+/// starting flannel: no crash loop and no polling. API errors are retried
+/// with kube-runtime's default backoff and logged; only an unusable Pod CIDR
+/// ends the wait with an error.
+pub async fn wait_for_lease(
+    client: Client,
+    node_name: &str,
+    netconf: &NetConf,
+) -> Result<Lease, KubeError> {
+    let api: Api<Node> = Api::all(client);
+    let selector = format!("metadata.name={node_name}");
+    let mut events =
+        pin!(watcher(api, watcher::Config::default().fields(&selector)).default_backoff());
+    // Log each distinct waiting reason once, not on every event.
+    let mut last_reason = String::new();
+    let mut note = |reason: String, as_warning: bool| {
+        if reason != last_reason {
+            if as_warning {
+                warn!("{reason}");
+            } else {
+                info!("{reason}");
+            }
+            last_reason = reason;
+        }
+    };
+    let mut seen = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(node) | Event::InitApply(node)) => {
+                seen = true;
+                match lease_state(&node, netconf)? {
+                    LeaseState::Ready(lease) => {
+                        info!(%lease, "Flannel found PodCIDR assigned for node {node_name}");
+                        return Ok(lease);
+                    }
+                    LeaseState::NotAssigned => note(
+                        format!("waiting for node {node_name}: PodCIDR not assigned yet"),
+                        false,
+                    ),
+                    LeaseState::MissingFamily(family) => note(
+                        format!(
+                            "waiting for node {node_name}: it has podCIDRs [{}] but no {family} one, and net-conf.json enables {family}; check kube-controller-manager's --cluster-cidr",
+                            node_pod_cidrs(&node).join(",")
+                        ),
+                        true,
+                    ),
+                }
+            }
+            Ok(Event::Delete(_)) => {
+                seen = false;
+                note(
+                    format!("waiting for node {node_name}: the Node was deleted"),
+                    true,
+                )
+            }
+            Ok(Event::InitDone) if !seen => note(
+                format!("waiting for node {node_name}: no such Node registered yet"),
+                false,
+            ),
+            Ok(Event::Init | Event::InitDone) => {}
+            Err(error) => note(
+                format!(
+                    "waiting for node {node_name}: watching the Node failed, retrying: {error}"
+                ),
+                true,
+            ),
+        }
+    }
+    Err(KubeError::WatchEnded(node_name.to_string()))
+}

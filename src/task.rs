@@ -1,0 +1,594 @@
+//! The network task: [`spawn`] starts it on the caller's tokio runtime and
+//! returns a [`Handle`] to wait for readiness, read its status and stop it.
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use kube::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::{Config, ConfigError, NetConf, NetConfError};
+use crate::files::{self, FileError};
+use crate::kube_subnet::{self, KubeError, Lease};
+
+/// The step of the network task that failed; its text is the prefix of the
+/// error message, worded like k3s's and flanneld's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Step {
+    /// Starting the task at all.
+    Start,
+    /// Checking the `--netns` network namespace.
+    OpenNetns,
+    /// Writing `10-flannel.conflist`.
+    WriteCniConf,
+    /// Writing net-conf.json.
+    WriteNetConf,
+    /// Reading or parsing net-conf.json.
+    ReadNetConf,
+    /// Waiting for this node's Pod CIDR.
+    WaitForPodCidr,
+    /// Setting up the backend's data path.
+    RegisterNetwork,
+    /// The task itself (a panic).
+    Run,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::Start => "failed to start flannel",
+            Step::OpenNetns => "failed to open the network namespace",
+            Step::WriteCniConf => "failed to write the flannel CNI configuration",
+            Step::WriteNetConf => "failed to write flannel configuration",
+            Step::ReadNetConf => "failed to read flannel configuration",
+            Step::WaitForPodCidr => "flannel failed to wait for PodCIDR assignment",
+            Step::RegisterNetwork => "failed to register flannel network",
+            Step::Run => "flannel exited",
+        })
+    }
+}
+
+/// What went wrong inside a [`Step`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Failure {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Unusable net-conf.json.
+    #[error("{path}: {source}")]
+    NetConf {
+        /// The file that was read.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: NetConfError,
+    },
+    /// A file could not be read or written.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The Kubernetes side failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    /// The `--netns` path is not a network namespace.
+    #[error("{path}: {problem}")]
+    Netns {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The backend's data path is not in this version of the crate yet.
+    #[error("the {0} data path is not implemented in flannel-embed {version} yet", version = env!("CARGO_PKG_VERSION"))]
+    NotImplemented(&'static str),
+    /// `--flannel-backend=none`: there is no task to run.
+    #[error("the network task is disabled (--flannel-backend=none)")]
+    Disabled,
+    /// Shut down before the network was ready.
+    #[error("the network task was shut down before the network was ready")]
+    Stopped,
+    /// The task panicked (a bug: please report it).
+    #[error("the network task panicked: {0}")]
+    Panicked(String),
+}
+
+/// Why the network task stopped or could not become ready: the step that
+/// failed and what went wrong, displayed as one line such as
+/// `failed to register flannel network: ...`. Cheap to clone.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{step}: {failure}")]
+pub struct Error {
+    step: Step,
+    #[source]
+    failure: Arc<Failure>,
+}
+
+impl Error {
+    fn new(step: Step, failure: impl Into<Failure>) -> Self {
+        Error {
+            step,
+            failure: Arc::new(failure.into()),
+        }
+    }
+
+    /// The step that failed.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    /// What went wrong.
+    pub fn failure(&self) -> &Failure {
+        &self.failure
+    }
+}
+
+/// Where the task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Writing configuration files.
+    #[default]
+    Starting,
+    /// Waiting for the Node's Pod CIDR.
+    WaitingForPodCidr,
+    /// Programming the data path.
+    Programming,
+    /// Data path programmed, files written; reconciling.
+    Running,
+    /// Ended with an error.
+    Failed,
+    /// Shut down on request.
+    Stopped,
+}
+
+/// A snapshot of the task's state, for a host's status endpoint or logs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Status {
+    /// Where the task is.
+    pub phase: Phase,
+    /// The backend type from net-conf.json, once read.
+    pub backend_type: Option<&'static str>,
+    /// This node's Pod CIDRs, once known.
+    pub lease: Option<Lease>,
+    /// Peers whose routes/neighbours/FDB entries are programmed.
+    pub peers_programmed: usize,
+    /// When the last reconcile finished.
+    pub last_reconcile: Option<SystemTime>,
+    /// The error the task ended with, as text.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+enum Readiness {
+    Pending,
+    // Sent once a backend's data path is programmed; no backend reaches that
+    // point in this version (see `run`).
+    #[allow(dead_code)]
+    Ready,
+    Ended(Result<(), Error>),
+}
+
+/// The running network task. Dropping it leaves the task running (like
+/// dropping a tokio `JoinHandle`); use [`Handle::shutdown`] to stop it.
+#[derive(Debug)]
+pub struct Handle {
+    status: watch::Receiver<Status>,
+    readiness: watch::Receiver<Readiness>,
+    shutdown: watch::Sender<bool>,
+    task: Option<JoinHandle<Result<(), Error>>>,
+    outcome: Option<Result<(), Error>>,
+}
+
+impl Handle {
+    /// Resolves once the files are written and the data path is programmed,
+    /// or with the error that stopped the task first.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let mut readiness = self.readiness.clone();
+        let state = match readiness
+            .wait_for(|r| !matches!(r, Readiness::Pending))
+            .await
+        {
+            Ok(state) => state.clone(),
+            // The sender lives in the task: gone means it ended abnormally.
+            Err(_) => return Err(Error::new(Step::Run, Failure::Panicked("no result".into()))),
+        };
+        match state {
+            Readiness::Ready => Ok(()),
+            Readiness::Ended(Err(error)) => Err(error),
+            Readiness::Ended(Ok(())) | Readiness::Pending => {
+                Err(Error::new(Step::Start, Failure::Stopped))
+            }
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch_status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Waits for the task to end and returns how it ended: `Ok` after a
+    /// shutdown, otherwise the error, which a host should treat as fatal
+    /// (k3s: "flannel exited: ..."). Cancel-safe; may be called again.
+    pub async fn wait(&mut self) -> Result<(), Error> {
+        if let Some(outcome) = &self.outcome {
+            return outcome.clone();
+        }
+        let outcome = match self.task.as_mut() {
+            Some(task) => match task.await {
+                Ok(result) => result,
+                Err(join_error) => Err(Error::new(
+                    Step::Run,
+                    Failure::Panicked(join_error.to_string()),
+                )),
+            },
+            None => Err(Error::new(Step::Start, Failure::Disabled)),
+        };
+        self.task = None;
+        self.outcome = Some(outcome.clone());
+        outcome
+    }
+
+    /// Stops the task and waits for it. Kernel state (devices, routes,
+    /// rules) and files are left in place so pods keep their network across
+    /// a restart, as upstream does.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        let _ = self.shutdown.send(true);
+        self.wait().await
+    }
+}
+
+/// Starts the network task for `config` on the current tokio runtime.
+///
+/// The task writes the CNI conflist and net-conf.json, waits for the Node's
+/// Pod CIDR, then programs the backend's data path and keeps it reconciled.
+/// With [`Backend::None`] nothing is started and the handle reports
+/// [`Failure::Disabled`].
+///
+/// ```no_run
+/// # async fn host() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = kube::Client::try_default().await?;
+/// let config = flannel_embed::Config::builder("node-a").build()?;
+/// let mut handle = flannel_embed::spawn(client, config);
+/// handle.ready().await?;
+/// // ... run the rest of the host; if the task ever ends, stop the host:
+/// if let Err(error) = handle.wait().await {
+///     eprintln!("flannel exited: {error}");
+/// }
+/// # Ok(()) }
+/// ```
+pub fn spawn(client: Client, config: Config) -> Handle {
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let (readiness_tx, readiness_rx) = watch::channel(Readiness::Pending);
+    let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+
+    if !config.backend().starts_network() {
+        info!(
+            node = config.node_name(),
+            "flannel backend is none: the network task is disabled and was not started"
+        );
+        let outcome = Err(Error::new(Step::Start, Failure::Disabled));
+        let _ = readiness_tx.send(Readiness::Ended(outcome.clone()));
+        status_tx.send_modify(|s| s.phase = Phase::Stopped);
+        return Handle {
+            status: status_rx,
+            readiness: readiness_rx,
+            shutdown: shutdown_tx,
+            task: None,
+            outcome: Some(outcome),
+        };
+    }
+
+    let span = info_span!("flannel", node = %config.node_name());
+    let task = tokio::spawn(
+        async move {
+            let progress = Progress {
+                status: status_tx,
+                readiness: readiness_tx,
+            };
+            let requested_stop = async {
+                // A dropped Handle must not stop the task.
+                if shutdown_rx.wait_for(|stop| *stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let outcome = tokio::select! {
+                result = run(client, &config, &progress) => result,
+                () = requested_stop => {
+                    info!("flannel shutting down; leaving interfaces, routes and files in place");
+                    Ok(())
+                }
+            };
+            progress.finish(&outcome);
+            outcome
+        }
+        .instrument(span),
+    );
+    Handle {
+        status: status_rx,
+        readiness: readiness_rx,
+        shutdown: shutdown_tx,
+        task: Some(task),
+        outcome: None,
+    }
+}
+
+/// The task's channels to its Handle.
+struct Progress {
+    status: watch::Sender<Status>,
+    readiness: watch::Sender<Readiness>,
+}
+
+impl Progress {
+    fn update(&self, change: impl FnOnce(&mut Status)) {
+        self.status.send_modify(change);
+    }
+
+    fn finish(&self, outcome: &Result<(), Error>) {
+        self.update(|s| match outcome {
+            Ok(()) => s.phase = Phase::Stopped,
+            Err(error) => {
+                s.phase = Phase::Failed;
+                s.last_error = Some(error.to_string());
+            }
+        });
+        if let Err(error) = outcome {
+            warn!("{error}");
+        }
+        self.readiness.send_modify(|r| {
+            if matches!(r, Readiness::Pending) {
+                *r = Readiness::Ended(outcome.clone());
+            }
+        });
+    }
+}
+
+async fn run(client: Client, config: &Config, progress: &Progress) -> Result<(), Error> {
+    info!(backend = %config.backend(), "Starting flannel");
+    if let Some(path) = config.netns() {
+        check_netns(path).map_err(|f| Error::new(Step::OpenNetns, f))?;
+    }
+    let netconf = {
+        let config = config.clone();
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| prepare_files(&config)))
+            .await
+            .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))??
+    };
+    if netconf.backend.backend() != config.backend() {
+        info!(
+            "net-conf.json selects backend type {}; it takes precedence over --flannel-backend={}",
+            netconf.backend.type_name(),
+            config.backend()
+        );
+    }
+    progress.update(|s| {
+        s.backend_type = Some(netconf.backend.type_name());
+        s.phase = Phase::WaitingForPodCidr;
+    });
+
+    let lease = kube_subnet::wait_for_lease(client, config.node_name(), &netconf)
+        .await
+        .map_err(|e| Error::new(Step::WaitForPodCidr, e))?;
+    progress.update(|s| {
+        s.lease = Some(lease);
+        s.phase = Phase::Programming;
+    });
+
+    // The data paths land with the backend issues; until then the task
+    // stops here with an error that says so rather than pretending.
+    Err(Error::new(
+        Step::RegisterNetwork,
+        Failure::NotImplemented(netconf.backend.type_name()),
+    ))
+}
+
+/// Writes the CNI conflist and net-conf.json as k3s does (or takes the
+/// user's files), and returns the parsed net-conf.json. Blocking I/O.
+fn prepare_files(config: &Config) -> Result<NetConf, Error> {
+    let conflist = config.cni_conflist_path();
+    if files::write_cni_conflist(&conflist, config.cni_conf_override())
+        .map_err(|e| Error::new(Step::WriteCniConf, e))?
+    {
+        info!(path = %conflist.display(), "wrote CNI configuration");
+    }
+
+    let path = config.netconf_path();
+    let text = match config.netconf_override() {
+        Some(path) => {
+            info!(path = %path.display(), "Using custom flannel conf");
+            files::read_netconf(path).map_err(|e| Error::new(Step::ReadNetConf, e))?
+        }
+        None => {
+            // `spawn` never runs the task for Backend::None.
+            let text = crate::config::render_k3s_netconf(config.cluster_cidrs(), config.backend())
+                .ok_or_else(|| Error::new(Step::WriteNetConf, Failure::Disabled))?;
+            if files::write_atomic(&path, text.as_bytes())
+                .map_err(|e| Error::new(Step::WriteNetConf, e))?
+            {
+                info!(path = %path.display(), "wrote flannel configuration");
+            }
+            text
+        }
+    };
+    NetConf::parse(&text).map_err(|source| {
+        Error::new(
+            Step::ReadNetConf,
+            Failure::NetConf {
+                path: path.clone(),
+                source,
+            },
+        )
+    })
+}
+
+/// nsfs's magic number (`NSFS_MAGIC` in linux/magic.h).
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
+/// Checks that `path` is a network namespace handle (a bind mount of
+/// `/proc/<pid>/ns/net`, as `ip netns add` makes).
+fn check_netns(path: &Path) -> Result<(), Failure> {
+    let problem = |problem: String| Failure::Netns {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let file = File::open(path).map_err(|e| problem(format!("cannot open it: {e}")))?;
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs only writes into `stat`, which is a valid statfs.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
+        return Err(problem(format!(
+            "cannot inspect it: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    if stat.f_type as libc::c_long != NSFS_MAGIC {
+        return Err(problem(
+            "is not a network namespace (expected a path such as /var/run/netns/NAME, made by `ip netns add NAME`)".into(),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Backend;
+
+    /// A client for an address nothing listens on: the tests below end
+    /// before the task talks to the API.
+    fn offline_client() -> Client {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        Client::try_from(config).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_file_write_ends_the_task_with_the_step() {
+        let dir = tempfile::tempdir().unwrap();
+        // A regular file where the data dir's "agent" directory must go.
+        std::fs::write(dir.path().join("agent"), b"not a directory").unwrap();
+        let config = Config::builder("node-a")
+            .data_dir(dir.path())
+            .subnet_file(dir.path().join("subnet.env"))
+            .build()
+            .unwrap();
+        let mut handle = spawn(offline_client(), config);
+        let error = handle.ready().await.unwrap_err();
+        assert_eq!(error.step(), Step::WriteCniConf);
+        let message = error.to_string();
+        assert!(
+            message.starts_with("failed to write the flannel CNI configuration: ")
+                && message.contains("10-flannel.conflist"),
+            "{message}"
+        );
+        assert_eq!(handle.wait().await.unwrap_err().step(), Step::WriteCniConf);
+        assert_eq!(handle.status().phase, Phase::Failed);
+        assert_eq!(
+            handle.status().last_error.as_deref(),
+            Some(message.as_str())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_custom_netconf_is_reported_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let custom = dir.path().join("custom-net-conf.json");
+        std::fs::write(&custom, br#"{"Network": "10.42.0.0/16"}"#).unwrap();
+        let config = Config::builder("node-a")
+            .data_dir(dir.path())
+            .netconf_override(&custom)
+            .build()
+            .unwrap();
+        let handle = spawn(offline_client(), config.clone());
+        let message = handle.ready().await.unwrap_err().to_string();
+        assert!(
+            message.starts_with("failed to read flannel configuration: ")
+                && message.contains("custom-net-conf.json")
+                && message.contains("no Backend.Type"),
+            "{message}"
+        );
+        // The conflist was still written; the custom file was not touched.
+        assert_eq!(
+            std::fs::read_to_string(config.cni_conflist_path()).unwrap(),
+            files::K3S_CNI_CONFLIST
+        );
+        assert_eq!(
+            std::fs::read(&custom).unwrap(),
+            br#"{"Network": "10.42.0.0/16"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn files_are_written_then_shutdown_while_waiting_is_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder("node-a")
+            .data_dir(dir.path())
+            .cluster_cidr("10.42.0.0/16,fd00:42::/56")
+            .build()
+            .unwrap();
+        let handle = spawn(offline_client(), config.clone());
+        let mut status = handle.watch_status();
+        status
+            .wait_for(|s| s.phase == Phase::WaitingForPodCidr)
+            .await
+            .unwrap();
+        let netconf = std::fs::read_to_string(config.netconf_path()).unwrap();
+        assert_eq!(
+            netconf,
+            crate::config::render_k3s_netconf(config.cluster_cidrs(), Backend::Vxlan).unwrap()
+        );
+        assert_eq!(handle.status().backend_type, Some("vxlan"));
+        assert_eq!(handle.shutdown().await.map_err(|e| e.to_string()), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn backend_none_starts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::builder("node-a")
+            .backend(Backend::None)
+            .data_dir(dir.path())
+            .build()
+            .unwrap();
+        let handle = spawn(offline_client(), config);
+        let error = handle.ready().await.unwrap_err();
+        assert!(matches!(error.failure(), Failure::Disabled), "{error}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_path_that_is_not_a_netns_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_netns = dir.path().join("plain-file");
+        std::fs::write(&not_netns, b"").unwrap();
+        for (path, wanted) in [
+            (not_netns, "is not a network namespace"),
+            (dir.path().join("absent"), "cannot open it"),
+        ] {
+            let config = Config::builder("node-a")
+                .data_dir(dir.path())
+                .netns(&path)
+                .build()
+                .unwrap();
+            let error = spawn(offline_client(), config).ready().await.unwrap_err();
+            assert_eq!(error.step(), Step::OpenNetns);
+            assert!(error.to_string().contains(wanted), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_real_netns_handle_is_accepted() {
+        // This thread's own namespace through /proc is a real nsfs handle.
+        check_netns(Path::new("/proc/thread-self/ns/net")).unwrap();
+    }
+}
