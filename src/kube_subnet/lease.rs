@@ -150,24 +150,28 @@ pub fn lease_state(node: &Node, netconf: &NetConf) -> Result<LeaseState, LeaseEr
     if !netconf.enable_ipv6 {
         lease.ipv6 = None;
     }
-    if let (Some(subnet), Some(network)) = (lease.ipv4, netconf.active_ipv4_network()) {
-        if !(network.contains(subnet.network()) && subnet.prefix() >= network.prefix()) {
-            return Err(LeaseError::OutsideNetwork {
-                node: name,
-                lease: subnet.into(),
-                field: "Network",
-                network: network.into(),
-            });
-        }
-    }
-    if let (Some(subnet), Some(network)) = (lease.ipv6, netconf.active_ipv6_network()) {
-        if !(network.contains(subnet.network()) && subnet.prefix() >= network.prefix()) {
-            return Err(LeaseError::OutsideNetwork {
-                node: name,
-                lease: subnet.into(),
-                field: "IPv6Network",
-                network: network.into(),
-            });
+    let families = [
+        (
+            lease.ipv4.map(IpNetwork::V4),
+            netconf.active_ipv4_network().map(IpNetwork::V4),
+            "Network",
+        ),
+        (
+            lease.ipv6.map(IpNetwork::V6),
+            netconf.active_ipv6_network().map(IpNetwork::V6),
+            "IPv6Network",
+        ),
+    ];
+    for (subnet, network, field) in families {
+        if let (Some(subnet), Some(network)) = (subnet, network) {
+            if !network_contains(network, subnet) {
+                return Err(LeaseError::OutsideNetwork {
+                    node: name,
+                    lease: subnet,
+                    field,
+                    network,
+                });
+            }
         }
     }
     if netconf.enable_ipv4 && lease.ipv4.is_none() {
@@ -177,6 +181,11 @@ pub fn lease_state(node: &Node, netconf: &NetConf) -> Result<LeaseState, LeaseEr
         return Ok(LeaseState::MissingFamily("IPv6"));
     }
     Ok(LeaseState::Ready(lease))
+}
+
+/// Whether `subnet` lies entirely inside `network` (same family).
+pub(crate) fn network_contains(network: IpNetwork, subnet: IpNetwork) -> bool {
+    network.contains(subnet.network()) && subnet.prefix() >= network.prefix()
 }
 
 #[cfg(test)]
