@@ -25,13 +25,17 @@
 #![warn(missing_docs)]
 
 pub mod cli;
+pub mod cni;
 pub mod config;
 pub mod files;
 pub mod kube_subnet;
+mod mac;
+pub mod netlink;
 mod task;
 
 pub use config::{Backend, Config, ConfigBuilder};
 pub use kube_subnet::Lease;
+pub use mac::{MacAddr, MacParseError};
 pub use task::{spawn, Error, Failure, Handle, Phase, Status, Step};
 
 // The README's embedding example is compiled as a doc test.

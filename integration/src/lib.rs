@@ -2,6 +2,11 @@
 //! binaries the way an operator would. (The test API server, the netns lab
 //! and the benchmarks join this crate as they land.)
 
+pub mod apiserver;
+pub mod cni_runner;
+pub mod fixtures;
+pub mod netns;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -306,7 +306,8 @@ impl Config {
     pub fn netns(&self) -> Option<&Path> {
         self.netns.as_deref()
     }
-    /// The annotation prefix, normalised to end in exactly one `/`.
+    /// The annotation prefix, normalised as flannel does (ends in `/` or
+    /// `-`); annotation names are this plus `backend-data` etc.
     pub fn annotation_prefix(&self) -> &str {
         &self.annotation_prefix
     }
@@ -522,28 +523,42 @@ fn is_dns_subdomain(name: &str) -> bool {
         })
 }
 
-/// flannel's rule: a prefix without `/` gets one appended; one trailing `/`
-/// is kept; a `/` anywhere else is an error. The part before it must be a
-/// DNS subdomain, since it becomes the annotation key's prefix.
+/// flannel's rule (`newAnnotations`): at most one `/`; without one, `/` is
+/// appended; a prefix that then ends in neither `/` nor `-` gets a `-`
+/// (`example.com/net` → `example.com/net-backend-data`). The result must be
+/// `fqdn/` or `fqdn/name-` in lowercase letters, digits, `_` and `-`.
 fn normalize_annotation_prefix(prefix: &str) -> Result<String, ConfigError> {
     const SETTING: &str = "annotation prefix";
-    let domain = match prefix.matches('/').count() {
-        0 => prefix,
-        1 if prefix.ends_with('/') => &prefix[..prefix.len() - 1],
+    let mut normalized = prefix.to_string();
+    match prefix.matches('/').count() {
+        0 => normalized.push('/'),
+        1 => {}
         _ => {
             return Err(ConfigError::invalid(
                 SETTING,
-                format!("'{prefix}' may hold at most one '/', at the end"),
+                format!("'{prefix}' can contain at most a single '/'"),
             ))
         }
+    }
+    if !normalized.ends_with('/') && !normalized.ends_with('-') {
+        normalized.push('-');
+    }
+    let allowed = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     };
-    if !is_dns_subdomain(domain) {
+    let (domain, name) = normalized.split_once('/').unwrap_or((&normalized, ""));
+    let domain_ok = domain.contains('.') && domain.split('.').all(allowed);
+    let name_ok = name.is_empty() || (name.ends_with('-') && allowed(name));
+    if !(domain_ok && name_ok) {
         return Err(ConfigError::invalid(
             SETTING,
-            format!("'{prefix}' is not a DNS subdomain such as {DEFAULT_ANNOTATION_PREFIX}"),
+            format!("'{prefix}' must be in the format fqdn[/name] (lowercase letters, digits, '_' and '-'), such as {DEFAULT_ANNOTATION_PREFIX}"),
         ));
     }
-    Ok(format!("{domain}/"))
+    Ok(normalized)
 }
 
 #[cfg(test)]
@@ -673,7 +688,7 @@ mod tests {
             ),
             (
                 Config::builder("n").annotation_prefix("a/b/"),
-                "annotation prefix: 'a/b/' may hold at most one '/'",
+                "annotation prefix: 'a/b/' can contain at most a single '/'",
             ),
             (
                 Config::builder("n").annotation_prefix("Bad_Prefix"),
@@ -704,6 +719,8 @@ mod tests {
             ("flannel.alpha.coreos.com", "flannel.alpha.coreos.com/"),
             ("flannel.alpha.coreos.com/", "flannel.alpha.coreos.com/"),
             ("example.io", "example.io/"),
+            ("example.io/net", "example.io/net-"),
+            ("example.io/net-", "example.io/net-"),
         ] {
             assert_eq!(normalize_annotation_prefix(input).unwrap(), wanted);
         }

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use k8s_openapi::api::core::v1::Node;
 
+use super::SlimNode;
 use crate::config::NetConf;
 
 /// The pod subnets this node owns, one per enabled family.
@@ -86,33 +86,12 @@ pub enum LeaseError {
     },
 }
 
-/// The node's podCIDRs as listed: `spec.podCIDRs`, falling back to
-/// `spec.podCIDR` (older clusters set only that).
-pub fn node_pod_cidrs(node: &Node) -> Vec<String> {
-    let spec = node.spec.as_ref();
-    let list = spec
-        .and_then(|s| s.pod_cidrs.clone())
-        .filter(|cidrs| !cidrs.is_empty());
-    match list {
-        Some(cidrs) => cidrs,
-        None => spec
-            .and_then(|s| s.pod_cidr.clone())
-            .filter(|c| !c.is_empty())
-            .into_iter()
-            .collect(),
-    }
-}
-
-fn node_name(node: &Node) -> String {
-    node.metadata.name.clone().unwrap_or_default()
-}
-
 /// Decides this node's lease from its Node object and net-conf.json, the
 /// way flannel's kube subnet manager does, but waiting (rather than failing)
 /// while a family is not assigned yet.
-pub fn lease_state(node: &Node, netconf: &NetConf) -> Result<LeaseState, LeaseError> {
-    let name = node_name(node);
-    let cidrs = node_pod_cidrs(node);
+pub fn lease_state(node: &SlimNode, netconf: &NetConf) -> Result<LeaseState, LeaseError> {
+    let name = node.name().to_string();
+    let cidrs = node.pod_cidrs();
     if cidrs.is_empty() {
         return Ok(LeaseState::NotAssigned);
     }
@@ -191,7 +170,7 @@ pub(crate) fn network_contains(network: IpNetwork, subnet: IpNetwork) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::NodeSpec;
+    use k8s_openapi::api::core::v1::{Node, NodeSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     fn node(pod_cidr: Option<&str>, pod_cidrs: Option<&[&str]>) -> Node {
@@ -290,7 +269,11 @@ mod tests {
             ),
         ];
         for (name, node, conf, wanted) in cases {
-            assert_eq!(lease_state(&node, &netconf(conf)), Ok(wanted), "{name}");
+            assert_eq!(
+                lease_state(&SlimNode::from(&node), &netconf(conf)),
+                Ok(wanted),
+                "{name}"
+            );
         }
     }
 
@@ -329,7 +312,9 @@ mod tests {
             ),
         ];
         for (node, conf, wanted) in cases {
-            let message = lease_state(&node, &netconf(conf)).unwrap_err().to_string();
+            let message = lease_state(&SlimNode::from(&node), &netconf(conf))
+                .unwrap_err()
+                .to_string();
             assert!(message.contains(wanted), "{message:?} lacks {wanted:?}");
         }
     }

@@ -1,8 +1,12 @@
 //! The Kubernetes side of the network task, after flannel's kube subnet
-//! manager: this node's lease from its Node object. (Peers and annotations
-//! follow in the same module.)
+//! manager: this node's lease from its Node object, the annotations it
+//! publishes, and the validated set of peers from every other Node.
 
+mod annotations;
 mod lease;
+mod node;
+mod peers;
+mod watch;
 
 use std::pin::pin;
 
@@ -13,7 +17,18 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-pub use lease::{lease_state, node_pod_cidrs, Lease, LeaseError, LeaseState};
+pub use annotations::{
+    annotation_patch, desired_annotations, network_unavailable_patch, node_public_ip,
+    stored_vtep_mac, vxlan_backend_data, wireguard_backend_data, AnnotationKeys, OwnAttrs,
+    FLANNEL_IS_UP_MESSAGE, FLANNEL_IS_UP_REASON, HOST_GW_BACKEND_DATA, NETWORK_UNAVAILABLE,
+};
+pub use lease::{lease_state, Lease, LeaseError, LeaseState};
+pub use node::{SlimNode, SlimNodeSpec};
+pub use peers::{
+    assemble_peer_set, build_peer_set, Candidate, Peer, PeerBackend, PeerContext, PeerSet,
+    PeerSetBuild, SkipReason,
+};
+pub use watch::{watch_peers, PeerReceiver, PeerSnapshot};
 
 use crate::config::NetConf;
 
@@ -33,12 +48,12 @@ pub enum KubeError {
 /// every family net-conf.json enables has a Pod CIDR, like k3s does before
 /// starting flannel: no crash loop and no polling. API errors are retried
 /// with kube-runtime's default backoff and logged; only an unusable Pod CIDR
-/// ends the wait with an error.
+/// ends the wait with an error. Returns the lease and the Node as seen then.
 pub async fn wait_for_lease(
     client: Client,
     node_name: &str,
     netconf: &NetConf,
-) -> Result<Lease, KubeError> {
+) -> Result<(Lease, Node), KubeError> {
     let api: Api<Node> = Api::all(client);
     let selector = format!("metadata.name={node_name}");
     let mut events =
@@ -60,10 +75,11 @@ pub async fn wait_for_lease(
         match event {
             Ok(Event::Apply(node) | Event::InitApply(node)) => {
                 seen = true;
-                match lease_state(&node, netconf)? {
+                let slim = SlimNode::from(&node);
+                match lease_state(&slim, netconf)? {
                     LeaseState::Ready(lease) => {
                         info!(%lease, "Flannel found PodCIDR assigned for node {node_name}");
-                        return Ok(lease);
+                        return Ok((lease, node));
                     }
                     LeaseState::NotAssigned => note(
                         format!("waiting for node {node_name}: PodCIDR not assigned yet"),
@@ -72,7 +88,7 @@ pub async fn wait_for_lease(
                     LeaseState::MissingFamily(family) => note(
                         format!(
                             "waiting for node {node_name}: it has podCIDRs [{}] but no {family} one, and net-conf.json enables {family}; check kube-controller-manager's --cluster-cidr",
-                            node_pod_cidrs(&node).join(",")
+                            slim.pod_cidrs().join(",")
                         ),
                         true,
                     ),

@@ -1,10 +1,11 @@
 //! The network task: [`spawn`] starts it on the caller's tokio runtime and
 //! returns a [`Handle`] to wait for readiness, read its status and stop it.
+//! The steps themselves are in `run.rs`.
+
+mod run;
 
 use std::fmt;
-use std::fs::File;
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -13,9 +14,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::config::{Config, ConfigError, NetConf, NetConfError};
-use crate::files::{self, FileError};
-use crate::kube_subnet::{self, KubeError, Lease};
+use crate::config::{Config, ConfigError, NetConfError};
+use crate::files::FileError;
+use crate::kube_subnet::{KubeError, Lease};
 
 /// The step of the network task that failed; its text is the prefix of the
 /// error message, worded like k3s's and flanneld's.
@@ -34,6 +35,8 @@ pub enum Step {
     ReadNetConf,
     /// Waiting for this node's Pod CIDR.
     WaitForPodCidr,
+    /// Finding the external interface.
+    FindInterface,
     /// Setting up the backend's data path.
     RegisterNetwork,
     /// The task itself (a panic).
@@ -49,6 +52,7 @@ impl fmt::Display for Step {
             Step::WriteNetConf => "failed to write flannel configuration",
             Step::ReadNetConf => "failed to read flannel configuration",
             Step::WaitForPodCidr => "flannel failed to wait for PodCIDR assignment",
+            Step::FindInterface => "failed to find the interface",
             Step::RegisterNetwork => "failed to register flannel network",
             Step::Run => "flannel exited",
         })
@@ -76,6 +80,9 @@ pub enum Failure {
     /// The Kubernetes side failed.
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// Netlink failed.
+    #[error(transparent)]
+    Netlink(#[from] crate::netlink::NetlinkError),
     /// The `--netns` path is not a network namespace.
     #[error("{path}: {problem}")]
     Netns {
@@ -157,6 +164,16 @@ pub struct Status {
     pub backend_type: Option<&'static str>,
     /// This node's Pod CIDRs, once known.
     pub lease: Option<Lease>,
+    /// The address peers send to (`public-ip`), once decided.
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Valid peers known from the Node watch.
+    pub peers_known: usize,
+    /// Nodes skipped as peers (each logged once with the reason).
+    pub peers_skipped: usize,
+    /// Whether the initial list of all Nodes has completed.
+    pub peers_synced: bool,
+    /// When the peer set last changed.
+    pub last_peer_update: Option<SystemTime>,
     /// Peers whose routes/neighbours/FDB entries are programmed.
     pub peers_programmed: usize,
     /// When the last reconcile finished.
@@ -304,7 +321,7 @@ pub fn spawn(client: Client, config: Config) -> Handle {
                 }
             };
             let outcome = tokio::select! {
-                result = run(client, &config, &progress) => result,
+                result = run::run(client, &config, &progress) => result,
                 () = requested_stop => {
                     info!("flannel shutting down; leaving interfaces, routes and files in place");
                     Ok(())
@@ -354,117 +371,12 @@ impl Progress {
     }
 }
 
-async fn run(client: Client, config: &Config, progress: &Progress) -> Result<(), Error> {
-    info!(backend = %config.backend(), "Starting flannel");
-    if let Some(path) = config.netns() {
-        check_netns(path).map_err(|f| Error::new(Step::OpenNetns, f))?;
-    }
-    let netconf = {
-        let config = config.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| prepare_files(&config)))
-            .await
-            .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))??
-    };
-    if netconf.backend.backend() != config.backend() {
-        info!(
-            "net-conf.json selects backend type {}; it takes precedence over --flannel-backend={}",
-            netconf.backend.type_name(),
-            config.backend()
-        );
-    }
-    progress.update(|s| {
-        s.backend_type = Some(netconf.backend.type_name());
-        s.phase = Phase::WaitingForPodCidr;
-    });
-
-    let lease = kube_subnet::wait_for_lease(client, config.node_name(), &netconf)
-        .await
-        .map_err(|e| Error::new(Step::WaitForPodCidr, e))?;
-    progress.update(|s| {
-        s.lease = Some(lease);
-        s.phase = Phase::Programming;
-    });
-
-    // The data paths land with the backend issues; until then the task
-    // stops here with an error that says so rather than pretending.
-    Err(Error::new(
-        Step::RegisterNetwork,
-        Failure::NotImplemented(netconf.backend.type_name()),
-    ))
-}
-
-/// Writes the CNI conflist and net-conf.json as k3s does (or takes the
-/// user's files), and returns the parsed net-conf.json. Blocking I/O.
-fn prepare_files(config: &Config) -> Result<NetConf, Error> {
-    let conflist = config.cni_conflist_path();
-    if files::write_cni_conflist(&conflist, config.cni_conf_override())
-        .map_err(|e| Error::new(Step::WriteCniConf, e))?
-    {
-        info!(path = %conflist.display(), "wrote CNI configuration");
-    }
-
-    let path = config.netconf_path();
-    let text = match config.netconf_override() {
-        Some(path) => {
-            info!(path = %path.display(), "Using custom flannel conf");
-            files::read_netconf(path).map_err(|e| Error::new(Step::ReadNetConf, e))?
-        }
-        None => {
-            // `spawn` never runs the task for Backend::None.
-            let text = crate::config::render_k3s_netconf(config.cluster_cidrs(), config.backend())
-                .ok_or_else(|| Error::new(Step::WriteNetConf, Failure::Disabled))?;
-            if files::write_atomic(&path, text.as_bytes())
-                .map_err(|e| Error::new(Step::WriteNetConf, e))?
-            {
-                info!(path = %path.display(), "wrote flannel configuration");
-            }
-            text
-        }
-    };
-    NetConf::parse(&text).map_err(|source| {
-        Error::new(
-            Step::ReadNetConf,
-            Failure::NetConf {
-                path: path.clone(),
-                source,
-            },
-        )
-    })
-}
-
-/// nsfs's magic number (`NSFS_MAGIC` in linux/magic.h).
-const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
-
-/// Checks that `path` is a network namespace handle (a bind mount of
-/// `/proc/<pid>/ns/net`, as `ip netns add` makes).
-fn check_netns(path: &Path) -> Result<(), Failure> {
-    let problem = |problem: String| Failure::Netns {
-        path: path.to_path_buf(),
-        problem,
-    };
-    let file = File::open(path).map_err(|e| problem(format!("cannot open it: {e}")))?;
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs only writes into `stat`, which is a valid statfs.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut stat) } != 0 {
-        return Err(problem(format!(
-            "cannot inspect it: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    #[allow(clippy::unnecessary_cast)]
-    if stat.f_type as libc::c_long != NSFS_MAGIC {
-        return Err(problem(
-            "is not a network namespace (expected a path such as /var/run/netns/NAME, made by `ip netns add NAME`)".into(),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Backend;
+    use crate::files;
+    use std::path::Path;
 
     /// A client for an address nothing listens on: the tests below end
     /// before the task talks to the API.
@@ -589,6 +501,6 @@ mod tests {
     #[test]
     fn a_real_netns_handle_is_accepted() {
         // This thread's own namespace through /proc is a real nsfs handle.
-        check_netns(Path::new("/proc/thread-self/ns/net")).unwrap();
+        run::check_netns(Path::new("/proc/thread-self/ns/net")).unwrap();
     }
 }

@@ -1,0 +1,286 @@
+//! The Node watch: kube-runtime's watcher over every Node, a cache of
+//! per-Node verdicts, and PeerSet snapshots handed on through a coalescing
+//! channel (a tokio `watch`: the latest snapshot wins, nothing queues, so no
+//! number of Nodes can fill it up).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures_util::{FutureExt, StreamExt};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::lease::{lease_state, LeaseState};
+use super::peers::{assemble_peer_set, Candidate, PeerContext, PeerSet};
+use super::SlimNode;
+
+/// One published view of the peers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerSnapshot {
+    /// The valid peers.
+    pub peers: Arc<PeerSet>,
+    /// Whether the initial list of all Nodes is complete. Until it is, a
+    /// consumer must not garbage-collect peers it does not see.
+    pub synced: bool,
+    /// Nodes skipped with a warning.
+    pub skipped: usize,
+}
+
+/// A receiver of PeerSet snapshots; `changed()` wakes on every new one.
+pub type PeerReceiver = watch::Receiver<PeerSnapshot>;
+
+/// The verdicts for every Node the watch knows, and what has been said
+/// about them.
+struct NodeCache {
+    ctx: PeerContext,
+    candidates: HashMap<String, Candidate>,
+    /// Nodes listed since the last `Init`: on `InitDone` they replace the
+    /// cache, so a Node deleted while the watch was down disappears.
+    relisting: Option<HashMap<String, Candidate>>,
+    synced: bool,
+    /// Node name → the skip reason already logged.
+    warned: BTreeMap<String, String>,
+    own_lease_warned: bool,
+}
+
+impl NodeCache {
+    fn new(ctx: PeerContext) -> Self {
+        NodeCache {
+            ctx,
+            candidates: HashMap::new(),
+            relisting: None,
+            synced: false,
+            warned: BTreeMap::new(),
+            own_lease_warned: false,
+        }
+    }
+
+    /// Applies one watcher event; returns whether the peer view may have
+    /// changed.
+    fn apply(&mut self, event: Event<SlimNode>) -> bool {
+        match event {
+            Event::Init => {
+                self.relisting = Some(HashMap::new());
+                false
+            }
+            Event::InitApply(node) => {
+                self.check_own(&node);
+                let candidate = Candidate::from_node(&node, &self.ctx);
+                self.relisting
+                    .get_or_insert_with(HashMap::new)
+                    .insert(node.name().to_string(), candidate);
+                false
+            }
+            Event::InitDone => {
+                self.candidates = self.relisting.take().unwrap_or_default();
+                self.synced = true;
+                true
+            }
+            Event::Apply(node) => {
+                self.check_own(&node);
+                let candidate = Candidate::from_node(&node, &self.ctx);
+                let name = node.name().to_string();
+                if self.candidates.get(&name) == Some(&candidate) {
+                    false
+                } else {
+                    self.candidates.insert(name, candidate);
+                    true
+                }
+            }
+            Event::Delete(node) => self.candidates.remove(node.name()).is_some(),
+        }
+    }
+
+    /// Upstream never notices its own podCIDR changing; we say so loudly.
+    fn check_own(&mut self, node: &SlimNode) {
+        if node.name() != self.ctx.own_name {
+            return;
+        }
+        if let Ok(LeaseState::Ready(lease)) = lease_state(node, &self.ctx.netconf) {
+            if lease != self.ctx.own_lease && !self.own_lease_warned {
+                self.own_lease_warned = true;
+                warn!(
+                    "this node's podCIDR changed from {} to {lease}; the network keeps using {} until flannel restarts",
+                    self.ctx.own_lease, self.ctx.own_lease
+                );
+            }
+        }
+    }
+
+    /// Rebuilds the peer set and logs each new skip reason once.
+    fn snapshot(&mut self) -> PeerSnapshot {
+        let build = assemble_peer_set(self.candidates.values(), &self.ctx.own_lease);
+        for (name, reason) in &build.skipped {
+            let text = reason.to_string();
+            if self.warned.get(name) != Some(&text) {
+                warn!(peer = %name, "skipping node {name} as a peer: {text}");
+                self.warned.insert(name.clone(), text);
+            }
+        }
+        self.warned
+            .retain(|name, _| build.skipped.contains_key(name));
+        PeerSnapshot {
+            peers: Arc::new(build.peers),
+            synced: self.synced,
+            skipped: build.skipped.len(),
+        }
+    }
+}
+
+/// Watches every Node until the task stops, publishing a new snapshot
+/// whenever the set of valid peers changes. Watch errors are retried with
+/// kube-runtime's default backoff while the last good snapshot stays
+/// published; a relist replaces the cache ("anything not re-listed is
+/// gone").
+pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sender<PeerSnapshot>) {
+    let api: Api<SlimNode> = Api::all(client);
+    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut cache = NodeCache::new(ctx);
+    let mut last_error: Option<String> = None;
+    loop {
+        let Some(first) = events.next().await else {
+            // The watcher never ends on its own; if it did, keep the last
+            // snapshot rather than tearing the network down.
+            warn!("the Node watch ended; peers stay as they are");
+            return std::future::pending().await;
+        };
+        let mut changed = false;
+        let mut pending = Some(first);
+        // Coalesce: take every event already waiting before rebuilding.
+        while let Some(event) = pending.take() {
+            match event {
+                Ok(event) => {
+                    if last_error.take().is_some() {
+                        info!("the Node watch recovered");
+                    }
+                    changed |= cache.apply(event);
+                }
+                Err(error) => {
+                    let text = error.to_string();
+                    if last_error.as_deref() != Some(&text) {
+                        warn!("watching Nodes failed, keeping the last known peers and retrying: {text}");
+                        last_error = Some(text);
+                    }
+                }
+            }
+            pending = events.next().now_or_never().flatten();
+        }
+        if changed && cache.synced {
+            let snapshot = cache.snapshot();
+            publish.send_if_modified(|current| {
+                let first_sync = !current.synced;
+                if first_sync {
+                    info!(
+                        peers = snapshot.peers.len(),
+                        skipped = snapshot.skipped,
+                        "Node list complete"
+                    );
+                } else if *current.peers != *snapshot.peers {
+                    log_peer_changes(&current.peers, &snapshot.peers);
+                }
+                let modified = *current != snapshot;
+                *current = snapshot;
+                modified
+            });
+        }
+    }
+}
+
+fn log_peer_changes(old: &PeerSet, new: &PeerSet) {
+    for peer in new.iter() {
+        match old.get(&peer.name) {
+            None => info!(peer = %peer.name, lease = %peer.lease, "peer added"),
+            Some(before) if before != peer => {
+                info!(peer = %peer.name, lease = %peer.lease, "peer changed")
+            }
+            Some(_) => {}
+        }
+    }
+    for peer in old.iter().filter(|p| new.get(&p.name).is_none()) {
+        info!(peer = %peer.name, "peer removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NetConf;
+    use crate::kube_subnet::{AnnotationKeys, Lease};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    fn ctx() -> PeerContext {
+        PeerContext {
+            own_name: "node-a".into(),
+            own_lease: Lease {
+                ipv4: Some("10.42.0.0/24".parse().unwrap()),
+                ipv6: None,
+            },
+            keys: AnnotationKeys::new("flannel.alpha.coreos.com/"),
+            netconf: NetConf::parse(r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan"}}"#)
+                .unwrap(),
+        }
+    }
+
+    fn peer(name: &str, cidr: &str, rv: &str) -> SlimNode {
+        let p = "flannel.alpha.coreos.com/";
+        let annotations = [
+            ("kube-subnet-manager", "true"),
+            ("backend-type", "vxlan"),
+            ("backend-data", r#"{"VNI":1,"VtepMAC":"0a:00:00:00:00:0b"}"#),
+            ("public-ip", "192.168.1.13"),
+        ]
+        .iter()
+        .map(|(k, v)| (format!("{p}{k}"), v.to_string()))
+        .collect();
+        SlimNode {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                resource_version: Some(rv.into()),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            spec: crate::kube_subnet::node::SlimNodeSpec {
+                pod_cidr: Some(cidr.into()),
+                pod_cidrs: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_relist_forgets_nodes_not_listed_again() {
+        let mut cache = NodeCache::new(ctx());
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
+        cache.apply(Event::InitApply(peer("node-c", "10.42.2.0/24", "2")));
+        assert!(cache.apply(Event::InitDone));
+        assert_eq!(cache.snapshot().peers.len(), 2);
+        // The watch broke; node-c was deleted meanwhile; the relist lacks it.
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
+        assert!(cache.apply(Event::InitDone));
+        let snapshot = cache.snapshot();
+        assert_eq!(snapshot.peers.len(), 1);
+        assert!(snapshot.peers.get("node-b").is_some());
+    }
+
+    #[test]
+    fn irrelevant_updates_change_nothing() {
+        let mut cache = NodeCache::new(ctx());
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
+        cache.apply(Event::InitDone);
+        // A heartbeat: new resourceVersion, same flannel-relevant content.
+        assert!(!cache.apply(Event::Apply(peer("node-b", "10.42.1.0/24", "7"))));
+        // A podCIDR change is noticed (upstream misses it).
+        assert!(cache.apply(Event::Apply(peer("node-b", "10.42.9.0/24", "8"))));
+        assert_eq!(
+            cache.snapshot().peers.get("node-b").unwrap().lease.ipv4,
+            Some("10.42.9.0/24".parse().unwrap())
+        );
+        assert!(cache.apply(Event::Delete(peer("node-b", "10.42.9.0/24", "9"))));
+        assert!(cache.snapshot().peers.is_empty());
+    }
+}

@@ -1,0 +1,256 @@
+//! Netlink in a network namespace. A netlink socket belongs to the namespace
+//! of the thread that created it, so the socket is opened on a short-lived
+//! std thread that has entered the target namespace; the tokio workers never
+//! call setns. One process can therefore drive many lab nodes.
+
+mod iface;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::RouteMessageBuilder;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress, RouteEntry};
+
+use crate::config::InterfaceSelector;
+
+/// A netlink operation failed; names the namespace and the step.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// Entering the namespace or opening the socket failed.
+    #[error("cannot open a netlink socket in {netns}: {problem}")]
+    Open {
+        /// The namespace (path, or "the agent's own namespace").
+        netns: String,
+        /// What failed.
+        problem: String,
+    },
+    /// A dump or request failed.
+    #[error("netlink {what} in {netns} failed: {source}")]
+    Request {
+        /// What was asked for (`link dump`, ...).
+        what: &'static str,
+        /// The namespace.
+        netns: String,
+        /// rtnetlink's error.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// No interface fits the selection.
+    #[error("{0}")]
+    NoInterface(String),
+}
+
+/// An rtnetlink handle whose socket lives in one network namespace.
+#[derive(Debug, Clone)]
+pub struct NetlinkHandle {
+    handle: rtnetlink::Handle,
+    netns: String,
+}
+
+impl NetlinkHandle {
+    /// Opens a netlink socket inside the namespace at `netns` (or the
+    /// process's own namespace for `None`) and drives it on the current
+    /// tokio runtime.
+    pub async fn open(netns: Option<&Path>) -> Result<NetlinkHandle, NetlinkError> {
+        let label = netns.map_or_else(
+            || "the agent's own namespace".to_string(),
+            |p| p.display().to_string(),
+        );
+        let runtime = tokio::runtime::Handle::current();
+        let path: Option<PathBuf> = netns.map(Path::to_path_buf);
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        // A fresh thread: its namespace changes with it, and it ends here.
+        std::thread::Builder::new()
+            .name("flannel-netns".into())
+            .spawn(move || {
+                let result = (|| {
+                    if let Some(path) = &path {
+                        enter_netns(path)?;
+                    }
+                    // The socket registers with the caller's reactor but is
+                    // created here, in the namespace just entered.
+                    let _runtime = runtime.enter();
+                    rtnetlink::new_connection().map_err(|e| format!("socket: {e}"))
+                })();
+                let _ = sender.send(result);
+            })
+            .map_err(|e| NetlinkError::Open {
+                netns: label.clone(),
+                problem: format!("cannot start a thread: {e}"),
+            })?;
+        let (connection, handle, _messages) = receiver
+            .await
+            .map_err(|_| NetlinkError::Open {
+                netns: label.clone(),
+                problem: "the namespace thread ended without an answer".into(),
+            })?
+            .map_err(|problem| NetlinkError::Open {
+                netns: label.clone(),
+                problem,
+            })?;
+        tokio::spawn(connection);
+        Ok(NetlinkHandle {
+            handle,
+            netns: label,
+        })
+    }
+
+    fn request_error(
+        &self,
+        what: &'static str,
+    ) -> impl FnOnce(rtnetlink::Error) -> NetlinkError + '_ {
+        move |source| NetlinkError::Request {
+            what,
+            netns: self.netns.clone(),
+            source,
+        }
+    }
+
+    /// Every link: index, name, MTU, up.
+    pub async fn links(&self) -> Result<Vec<Link>, NetlinkError> {
+        let messages: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request_error("link dump"))?;
+        Ok(messages.iter().map(link_from_message).collect())
+    }
+
+    /// Every address of both families.
+    pub async fn addresses(&self) -> Result<Vec<LinkAddress>, NetlinkError> {
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request_error("address dump"))?;
+        Ok(messages.iter().filter_map(address_from_message).collect())
+    }
+
+    /// The routes of the main table of both families.
+    pub async fn main_routes(&self) -> Result<Vec<RouteEntry>, NetlinkError> {
+        let mut routes = Vec::new();
+        for message in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let dumped: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(message)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(self.request_error("route dump"))?;
+            routes.extend(dumped.iter().filter_map(route_from_message));
+        }
+        Ok(routes)
+    }
+
+    /// Finds the interface flannel sends through: `--flannel-iface` by name
+    /// or address, else the interface of the default route.
+    pub async fn external_interface(
+        &self,
+        selector: Option<&InterfaceSelector>,
+        want_ipv4: bool,
+        want_ipv6: bool,
+    ) -> Result<ExternalInterface, NetlinkError> {
+        let links = self.links().await?;
+        let addresses = self.addresses().await?;
+        let routes = self.main_routes().await?;
+        choose_external_interface(&links, &addresses, &routes, selector, want_ipv4, want_ipv6)
+            .map_err(|problem| NetlinkError::NoInterface(format!("in {}: {problem}", self.netns)))
+    }
+}
+
+fn enter_netns(path: &Path) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: setns only reads the descriptor; it changes this thread's
+    // namespace, and this thread is ours alone and ends right after.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "setns into {} failed: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn link_from_message(message: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: message.header.index,
+        name: String::new(),
+        mtu: 0,
+        up: message.header.flags.contains(LinkFlags::Up),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => link.name = name.clone(),
+            LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            _ => {}
+        }
+    }
+    link
+}
+
+fn address_from_message(message: &AddressMessage) -> Option<LinkAddress> {
+    // IFA_LOCAL is the interface's own address on point-to-point links;
+    // IFA_ADDRESS otherwise.
+    let mut address = None;
+    for attribute in &message.attributes {
+        match attribute {
+            AddressAttribute::Local(ip) => address = Some(*ip),
+            AddressAttribute::Address(ip) if address.is_none() => address = Some(*ip),
+            _ => {}
+        }
+    }
+    Some(LinkAddress {
+        index: message.header.index,
+        address: address?,
+        prefix_len: message.header.prefix_len,
+        global: message.header.scope == AddressScope::Universe,
+    })
+}
+
+fn route_from_message(message: &RouteMessage) -> Option<RouteEntry> {
+    let ipv6 = match message.header.address_family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
+    let mut entry = RouteEntry {
+        ipv6,
+        destination_prefix: message.header.destination_prefix_length,
+        table: u32::from(message.header.table),
+        output_index: None,
+        gateway: None,
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => entry.output_index = Some(*index),
+            RouteAttribute::Table(table) => entry.table = *table,
+            RouteAttribute::Gateway(RouteAddress::Inet(gw)) => {
+                entry.gateway = Some(IpAddr::V4(*gw))
+            }
+            RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => {
+                entry.gateway = Some(IpAddr::V6(*gw))
+            }
+            _ => {}
+        }
+    }
+    Some(entry)
+}
