@@ -110,23 +110,26 @@ impl NodeCache {
         }
     }
 
-    /// Rebuilds the peer set and logs each new skip reason once.
-    fn snapshot(&mut self) -> PeerSnapshot {
+    /// Rebuilds the peer set; returns it with the skip reasons not said
+    /// before (node, reason), so each is logged exactly once.
+    fn snapshot(&mut self) -> (PeerSnapshot, Vec<(String, String)>) {
         let build = assemble_peer_set(self.candidates.values(), &self.ctx.own_lease);
+        let mut new_warnings = Vec::new();
         for (name, reason) in &build.skipped {
             let text = reason.to_string();
             if self.warned.get(name) != Some(&text) {
-                warn!(peer = %name, "skipping node {name} as a peer: {text}");
-                self.warned.insert(name.clone(), text);
+                self.warned.insert(name.clone(), text.clone());
+                new_warnings.push((name.clone(), text));
             }
         }
         self.warned
             .retain(|name, _| build.skipped.contains_key(name));
-        PeerSnapshot {
+        let snapshot = PeerSnapshot {
             peers: Arc::new(build.peers),
             synced: self.synced,
             skipped: build.skipped.len(),
-        }
+        };
+        (snapshot, new_warnings)
     }
 }
 
@@ -169,7 +172,10 @@ pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sende
             pending = events.next().now_or_never().flatten();
         }
         if changed && cache.synced {
-            let snapshot = cache.snapshot();
+            let (snapshot, new_warnings) = cache.snapshot();
+            for (name, reason) in new_warnings {
+                warn!(peer = %name, "skipping node {name} as a peer: {reason}");
+            }
             publish.send_if_modified(|current| {
                 let first_sync = !current.synced;
                 if first_sync {
@@ -256,12 +262,12 @@ mod tests {
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
         cache.apply(Event::InitApply(peer("node-c", "10.42.2.0/24", "2")));
         assert!(cache.apply(Event::InitDone));
-        assert_eq!(cache.snapshot().peers.len(), 2);
+        assert_eq!(cache.snapshot().0.peers.len(), 2);
         // The watch broke; node-c was deleted meanwhile; the relist lacks it.
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
         assert!(cache.apply(Event::InitDone));
-        let snapshot = cache.snapshot();
+        let (snapshot, _) = cache.snapshot();
         assert_eq!(snapshot.peers.len(), 1);
         assert!(snapshot.peers.get("node-b").is_some());
     }
@@ -277,10 +283,41 @@ mod tests {
         // A podCIDR change is noticed (upstream misses it).
         assert!(cache.apply(Event::Apply(peer("node-b", "10.42.9.0/24", "8"))));
         assert_eq!(
-            cache.snapshot().peers.get("node-b").unwrap().lease.ipv4,
+            cache.snapshot().0.peers.get("node-b").unwrap().lease.ipv4,
             Some("10.42.9.0/24".parse().unwrap())
         );
         assert!(cache.apply(Event::Delete(peer("node-b", "10.42.9.0/24", "9"))));
-        assert!(cache.snapshot().peers.is_empty());
+        assert!(cache.snapshot().0.peers.is_empty());
+    }
+
+    #[test]
+    fn each_skip_reason_is_warned_once() {
+        let mut cache = NodeCache::new(ctx());
+        let mut bad = peer("node-x", "10.42.7.0/24", "1");
+        bad.metadata.annotations.as_mut().unwrap().insert(
+            "flannel.alpha.coreos.com/public-ip".into(),
+            "not-an-ip".into(),
+        );
+        cache.apply(Event::Init);
+        cache.apply(Event::InitApply(bad.clone()));
+        cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "2")));
+        cache.apply(Event::InitDone);
+        let (snapshot, warnings) = cache.snapshot();
+        assert_eq!((snapshot.peers.len(), snapshot.skipped), (1, 1));
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].1.contains("'not-an-ip'"), "{warnings:?}");
+        // Other changes, and the same bad node again: nothing new to say.
+        cache.apply(Event::Apply(peer("node-c", "10.42.2.0/24", "3")));
+        cache.apply(Event::Apply(bad.clone()));
+        assert!(cache.snapshot().1.is_empty());
+        // A different problem with the same node is said once more.
+        bad.spec.pod_cidr = Some("10.99.0.0/24".into());
+        cache.apply(Event::Apply(bad));
+        let (_, warnings) = cache.snapshot();
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].1.contains("not inside the flannel Network"),
+            "{warnings:?}"
+        );
     }
 }
