@@ -24,6 +24,7 @@
 
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod cli;
 pub mod cni;
 pub mod config;

@@ -4,20 +4,25 @@
 //! call setns. One process can therefore drive many lab nodes.
 
 mod iface;
+mod ops;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use futures_util::TryStreamExt;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::sys::AsyncSocket;
 use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress, RouteEntry};
+pub use ops::MAX_IN_FLIGHT;
 
 use crate::config::InterfaceSelector;
 
@@ -60,47 +65,18 @@ impl NetlinkHandle {
     /// process's own namespace for `None`) and drives it on the current
     /// tokio runtime.
     pub async fn open(netns: Option<&Path>) -> Result<NetlinkHandle, NetlinkError> {
-        let label = netns.map_or_else(
-            || "the agent's own namespace".to_string(),
-            |p| p.display().to_string(),
-        );
-        let runtime = tokio::runtime::Handle::current();
-        let path: Option<PathBuf> = netns.map(Path::to_path_buf);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
-        // A fresh thread: its namespace changes with it, and it ends here.
-        std::thread::Builder::new()
-            .name("flannel-netns".into())
-            .spawn(move || {
-                let result = (|| {
-                    if let Some(path) = &path {
-                        enter_netns(path)?;
-                    }
-                    // The socket registers with the caller's reactor but is
-                    // created here, in the namespace just entered.
-                    let _runtime = runtime.enter();
-                    rtnetlink::new_connection().map_err(|e| format!("socket: {e}"))
-                })();
-                let _ = sender.send(result);
-            })
-            .map_err(|e| NetlinkError::Open {
-                netns: label.clone(),
-                problem: format!("cannot start a thread: {e}"),
-            })?;
-        let (connection, handle, _messages) = receiver
-            .await
-            .map_err(|_| NetlinkError::Open {
-                netns: label.clone(),
-                problem: "the namespace thread ended without an answer".into(),
-            })?
-            .map_err(|problem| NetlinkError::Open {
-                netns: label.clone(),
-                problem,
-            })?;
+        let label = netns_label(netns);
+        let (connection, handle, _messages) = open_connection(netns).await?;
         tokio::spawn(connection);
         Ok(NetlinkHandle {
             handle,
             netns: label,
         })
+    }
+
+    /// The namespace this handle works in, for messages.
+    pub fn netns(&self) -> &str {
+        &self.netns
     }
 
     fn request_error(
@@ -176,6 +152,85 @@ impl NetlinkHandle {
     }
 }
 
+fn netns_label(netns: Option<&Path>) -> String {
+    netns.map_or_else(
+        || "the agent's own namespace".to_string(),
+        |p| p.display().to_string(),
+    )
+}
+
+/// A kernel notification.
+pub type KernelMessage = NetlinkMessage<RouteNetlinkMessage>;
+
+/// Opens a netlink connection whose socket is created inside `netns`: on a
+/// fresh std thread that enters the namespace and ends right after, never on
+/// a tokio worker.
+async fn open_connection(
+    netns: Option<&Path>,
+) -> Result<
+    (
+        rtnetlink::proto::Connection<RouteNetlinkMessage>,
+        rtnetlink::Handle,
+        impl Stream<Item = (KernelMessage, rtnetlink::sys::SocketAddr)> + Unpin + Send,
+    ),
+    NetlinkError,
+> {
+    let label = netns_label(netns);
+    let runtime = tokio::runtime::Handle::current();
+    let path: Option<PathBuf> = netns.map(Path::to_path_buf);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("flannel-netns".into())
+        .spawn(move || {
+            let result = (|| {
+                if let Some(path) = &path {
+                    enter_netns(path)?;
+                }
+                // The socket registers with the caller's reactor but is
+                // created here, in the namespace just entered.
+                let _runtime = runtime.enter();
+                rtnetlink::new_connection().map_err(|e| format!("socket: {e}"))
+            })();
+            let _ = sender.send(result);
+        })
+        .map_err(|e| NetlinkError::Open {
+            netns: label.clone(),
+            problem: format!("cannot start a thread: {e}"),
+        })?;
+    receiver
+        .await
+        .map_err(|_| NetlinkError::Open {
+            netns: label.clone(),
+            problem: "the namespace thread ended without an answer".into(),
+        })?
+        .map_err(|problem| NetlinkError::Open {
+            netns: label,
+            problem,
+        })
+}
+
+/// Kernel notifications about links, addresses, neighbours (and FDB
+/// entries) and routes in `netns`: the triggers for a reconcile.
+pub async fn monitor(
+    netns: Option<&Path>,
+) -> Result<impl Stream<Item = KernelMessage> + Unpin + Send, NetlinkError> {
+    // RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE |
+    // RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
+    const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x100 | 0x400;
+    let label = netns_label(netns);
+    let (mut connection, _handle, messages) = open_connection(netns).await?;
+    connection
+        .socket_mut()
+        .socket_mut()
+        .bind(&rtnetlink::sys::SocketAddr::new(0, GROUPS))
+        .map_err(|e| NetlinkError::Open {
+            netns: label,
+            problem: format!("cannot subscribe to kernel notifications: {e}"),
+        })?;
+    tokio::spawn(connection);
+    Ok(messages.map(|(message, _)| message))
+}
+
 fn enter_netns(path: &Path) -> Result<(), String> {
     let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // SAFETY: setns only reads the descriptor; it changes this thread's
@@ -207,7 +262,7 @@ fn link_from_message(message: &LinkMessage) -> Link {
     link
 }
 
-fn address_from_message(message: &AddressMessage) -> Option<LinkAddress> {
+pub(crate) fn address_from_message(message: &AddressMessage) -> Option<LinkAddress> {
     // IFA_LOCAL is the interface's own address on point-to-point links;
     // IFA_ADDRESS otherwise.
     let mut address = None;

@@ -2,6 +2,7 @@
 //! returns a [`Handle`] to wait for readiness, read its status and stop it.
 //! The steps themselves are in `run.rs`.
 
+mod dataplane;
 mod run;
 
 use std::fmt;
@@ -39,6 +40,8 @@ pub enum Step {
     FindInterface,
     /// Setting up the backend's data path.
     RegisterNetwork,
+    /// Writing subnet.env.
+    WriteSubnetFile,
     /// The task itself (a panic).
     Run,
 }
@@ -54,6 +57,7 @@ impl fmt::Display for Step {
             Step::WaitForPodCidr => "flannel failed to wait for PodCIDR assignment",
             Step::FindInterface => "failed to find the interface",
             Step::RegisterNetwork => "failed to register flannel network",
+            Step::WriteSubnetFile => "failed to write flannel subnet file",
             Step::Run => "flannel exited",
         })
     }
@@ -185,9 +189,6 @@ pub struct Status {
 #[derive(Debug, Clone)]
 enum Readiness {
     Pending,
-    // Sent once a backend's data path is programmed; no backend reaches that
-    // point in this version (see `run`).
-    #[allow(dead_code)]
     Ready,
     Ended(Result<(), Error>),
 }
@@ -350,6 +351,16 @@ struct Progress {
 impl Progress {
     fn update(&self, change: impl FnOnce(&mut Status)) {
         self.status.send_modify(change);
+    }
+
+    /// Files written and data path programmed: `ready()` resolves.
+    fn mark_ready(&self) {
+        self.update(|s| s.phase = Phase::Running);
+        self.readiness.send_modify(|r| {
+            if matches!(r, Readiness::Pending) {
+                *r = Readiness::Ready;
+            }
+        });
     }
 
     fn finish(&self, outcome: &Result<(), Error>) {

@@ -17,15 +17,21 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::{Error, Failure, Phase, Progress, Step};
+use crate::backend::vxlan::{device_spec, DirectRouting};
 use crate::config::{BackendConf, Config, NetConf};
 use crate::files;
+use crate::files::SubnetEnv;
 use crate::kube_subnet::{
     self, annotation_patch, desired_annotations, network_unavailable_patch, node_public_ip,
     stored_vtep_mac, vxlan_backend_data, AnnotationKeys, OwnAttrs, PeerContext, PeerSnapshot,
     HOST_GW_BACKEND_DATA,
 };
 use crate::mac::MacAddr;
-use crate::netlink::{ExternalInterface, NetlinkHandle};
+use crate::netlink::{self, ExternalInterface, NetlinkHandle};
+use futures_util::{FutureExt, StreamExt};
+use ipnetwork::IpNetwork;
+
+use super::dataplane::VxlanDataPath;
 
 /// The backend's decisions that peers see through annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +93,47 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
 
     let keys = AnnotationKeys::new(config.annotation_prefix());
     let own_annotations = own_node.metadata.annotations.clone().unwrap_or_default();
-    let attrs = backend_attrs(&netconf, &keys, &own_annotations, &ext)
+    let mut attrs = backend_attrs(&netconf, &keys, &own_annotations, &ext)
         .map_err(|f| Error::new(Step::RegisterNetwork, f))?;
+
+    // The vxlan IPv4 data path: create the device first, so the MAC peers
+    // learn from our annotation is the device's real one.
+    let mut data_path = match (
+        &netconf.backend,
+        lease.ipv4,
+        netconf.active_ipv4_network(),
+        ext.ipv4,
+    ) {
+        (BackendConf::Vxlan(vxlan), Some(own_lease), Some(network), Some(local)) => {
+            let mac = attrs.vtep_macs.0.unwrap_or_else(MacAddr::random_local);
+            let direct = if vxlan.direct_routing {
+                Some(
+                    direct_routing(&netlink, ext.index)
+                        .await
+                        .map_err(|e| Error::new(Step::RegisterNetwork, e))?,
+                )
+            } else {
+                None
+            };
+            let mut path = VxlanDataPath {
+                netlink: netlink.clone(),
+                spec: device_spec(vxlan, IpAddr::V4(local), ext.index, ext.mtu, mac),
+                lease: own_lease,
+                network,
+                direct,
+                device: None,
+            };
+            let (device, _) = path
+                .ensure_device()
+                .await
+                .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
+            if let Some((data, _)) = attrs.own.ipv4.as_mut() {
+                *data = vxlan_backend_data(vxlan.vni, device.mac);
+            }
+            Some(path)
+        }
+        _ => None,
+    };
     progress.update(|s| s.public_ip = attrs.own.ipv4.as_ref().map(|(_, ip)| IpAddr::V4(*ip)));
 
     let nodes: Api<Node> = Api::all(client.clone());
@@ -96,13 +141,27 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
     if config.set_node_network_unavailable() {
         set_network_available(&nodes, config.node_name()).await;
     }
+    if data_path.is_none() {
+        warn!(
+            "the {} data path{} is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
+            netconf.backend.type_name(),
+            if netconf.enable_ipv4 { "" } else { " for IPv6" },
+            env!("CARGO_PKG_VERSION")
+        );
+    } else if netconf.enable_ipv6 {
+        warn!("the vxlan IPv6 data path is not implemented in flannel-embed {} yet: only IPv4 is programmed", env!("CARGO_PKG_VERSION"));
+    }
 
-    warn!(
-        "the {} data path is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
-        netconf.backend.type_name(),
-        env!("CARGO_PKG_VERSION")
+    let (publish, peers) = watch::channel(PeerSnapshot::default());
+    let subnet_env = SubnetEnv::for_lease(
+        lease
+            .ipv4
+            .zip(netconf.active_ipv4_network())
+            .map(|(l, n)| (n, l)),
+        None,
+        data_path.as_ref().map_or(ext.mtu, |p| p.spec.mtu),
+        config.ip_masq(),
     );
-    let (publish, mut peers) = watch::channel(PeerSnapshot::default());
     let ctx = PeerContext {
         own_name: config.node_name().to_string(),
         own_lease: lease,
@@ -110,19 +169,147 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
         netconf,
     };
     let watch = kube_subnet::watch_peers(client, ctx, publish);
-    let follow = async {
-        while peers.changed().await.is_ok() {
-            let snapshot = peers.borrow_and_update().clone();
-            progress.update(|s| {
-                s.peers_known = snapshot.peers.len();
-                s.peers_skipped = snapshot.skipped;
-                s.peers_synced = snapshot.synced;
-                s.last_peer_update = Some(SystemTime::now());
-            });
+    let drive = async {
+        match data_path.as_mut() {
+            Some(path) => drive_data_path(config, path, peers, &subnet_env, progress).await,
+            None => {
+                follow_peers(peers, progress).await;
+                Ok(())
+            }
         }
     };
-    tokio::join!(watch, follow);
+    tokio::select! {
+        () = watch => Ok(()),
+        result = drive => result,
+    }
+}
+
+/// How often the data path is reconciled even without any trigger.
+const RESYNC: Duration = Duration::from_secs(30);
+/// How long to gather further triggers before a reconcile.
+const COALESCE: Duration = Duration::from_millis(20);
+
+/// The reconcile loop: on every peer-set change, on kernel notifications
+/// about what we own (a deleted device, route, neighbour or FDB entry), on a
+/// slow timer, and after a failed pass. subnet.env is written and `ready()`
+/// resolves after the first complete pass with the full peer list.
+async fn drive_data_path(
+    config: &Config,
+    path: &mut VxlanDataPath,
+    mut peers: watch::Receiver<PeerSnapshot>,
+    subnet_env: &SubnetEnv,
+    progress: &Progress,
+) -> Result<(), Error> {
+    let mut kernel = netlink::monitor(config.netns())
+        .await
+        .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry: Option<tokio::time::Instant> = None;
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            changed = peers.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(message) = kernel.next() => {
+                if !path.is_relevant(&message) {
+                    continue;
+                }
+            }
+            _ = resync.tick() => {}
+            () = sleep_until_or_never(retry) => {}
+        }
+        tokio::time::sleep(COALESCE).await;
+        while let Some(Some(_)) = kernel.next().now_or_never() {}
+        let snapshot = peers.borrow_and_update().clone();
+        progress.update(|s| {
+            s.peers_known = snapshot.peers.len();
+            s.peers_skipped = snapshot.skipped;
+            s.peers_synced = snapshot.synced;
+        });
+        retry = None;
+        match path.reconcile(&snapshot).await {
+            Ok(report) => {
+                if !report.failures.is_empty() {
+                    retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+                }
+                progress.update(|s| {
+                    s.peers_programmed = report.peers_programmed;
+                    s.last_reconcile = Some(SystemTime::now());
+                });
+                if snapshot.synced && report.failures.is_empty() {
+                    write_subnet_env(config.subnet_file(), subnet_env).await?;
+                    if !ready {
+                        ready = true;
+                        info!(subnet_file = %config.subnet_file().display(), peers = report.peers_programmed, "flannel is ready");
+                        progress.mark_ready();
+                    }
+                }
+            }
+            Err(error) => {
+                warn!("reconciling the data path failed, retrying in 1 s: {error}");
+                retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Without a data path: keep the status current with the peer set.
+async fn follow_peers(mut peers: watch::Receiver<PeerSnapshot>, progress: &Progress) {
+    while peers.changed().await.is_ok() {
+        let snapshot = peers.borrow_and_update().clone();
+        progress.update(|s| {
+            s.peers_known = snapshot.peers.len();
+            s.peers_skipped = snapshot.skipped;
+            s.peers_synced = snapshot.synced;
+            s.last_peer_update = Some(SystemTime::now());
+        });
+    }
+}
+
+/// subnet.env, atomically; unchanged content is not rewritten.
+async fn write_subnet_env(path: &Path, env: &SubnetEnv) -> Result<(), Error> {
+    let path = path.to_path_buf();
+    let env = env.clone();
+    let span = tracing::Span::current();
+    let written =
+        tokio::task::spawn_blocking(move || span.in_scope(|| env.write(&path).map(|w| (w, path))))
+            .await
+            .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
+            .map_err(|e| Error::new(Step::WriteSubnetFile, e))?;
+    if let (true, path) = written {
+        info!(path = %path.display(), "wrote subnet file");
+    }
     Ok(())
+}
+
+/// The uplink's connected subnets, for DirectRouting.
+async fn direct_routing(
+    netlink: &NetlinkHandle,
+    uplink_index: u32,
+) -> Result<DirectRouting, crate::netlink::NetlinkError> {
+    let connected = netlink
+        .addresses()
+        .await?
+        .into_iter()
+        .filter(|a| a.index == uplink_index && a.global)
+        .filter_map(|a| IpNetwork::new(a.address, a.prefix_len).ok())
+        .filter_map(|n| IpNetwork::new(n.network(), n.prefix()).ok())
+        .collect();
+    Ok(DirectRouting {
+        uplink_index,
+        connected,
+    })
 }
 
 /// What this node publishes, per backend. vxlan reuses the VTEP MAC stored

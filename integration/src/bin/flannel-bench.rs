@@ -14,7 +14,10 @@ use integration::fixtures::{vxlan_peer, PREFIX};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "flannel-bench", about = "flannel-embed benchmarks (figures, not assertions)")]
+#[command(
+    name = "flannel-bench",
+    about = "flannel-embed benchmarks (figures, not assertions)"
+)]
 struct Args {
     #[command(subcommand)]
     scenario: Scenario,
@@ -53,7 +56,10 @@ fn main() -> std::process::ExitCode {
 
 async fn peers(sizes: &[u32], runs: usize) -> std::process::ExitCode {
     println!("first complete PeerSet (watch start -> synced snapshot), {runs} run(s) each, median");
-    println!("{:>8} {:>12} {:>8} {:>8}", "nodes", "seconds", "peers", "skipped");
+    println!(
+        "{:>8} {:>12} {:>8} {:>8}",
+        "nodes", "seconds", "peers", "skipped"
+    );
     for &size in sizes {
         let server = match TestApiServer::start(Options::default()) {
             Ok(server) => server,
@@ -76,7 +82,9 @@ async fn peers(sizes: &[u32], runs: usize) -> std::process::ExitCode {
                 ipv6: None,
             },
             keys: AnnotationKeys::new(PREFIX),
-            netconf: match NetConf::parse(r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#) {
+            netconf: match NetConf::parse(
+                r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#,
+            ) {
                 Ok(conf) => conf,
                 Err(e) => {
                     eprintln!("flannel-bench: {e}");
@@ -97,9 +105,10 @@ async fn peers(sizes: &[u32], runs: usize) -> std::process::ExitCode {
             let (publish, mut receiver) = watch::channel(PeerSnapshot::default());
             let started = Instant::now();
             let task = tokio::spawn(watch_peers(client, ctx.clone(), publish));
-            let synced = tokio::time::timeout(Duration::from_secs(300), receiver.wait_for(|s| s.synced))
-                .await
-                .map(|r| r.map(|s| s.clone()));
+            let synced =
+                tokio::time::timeout(Duration::from_secs(300), receiver.wait_for(|s| s.synced))
+                    .await
+                    .map(|r| r.map(|s| s.clone()));
             let elapsed = started.elapsed();
             task.abort();
             match synced {

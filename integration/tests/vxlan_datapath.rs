@@ -1,0 +1,353 @@
+//! The vxlan data path against the real kernel: two nodes (network
+//! namespaces joined by a veth "wire"), one network task each (in this
+//! process, each bound to its node's namespace), the test API server between
+//! them. What an operator checks with `ip`, `bridge` and `ping`.
+
+use std::time::{Duration, Instant};
+
+use flannel_embed::{spawn, Config, Handle, Phase};
+use integration::apiserver::{ready_node, Options, TestApiServer};
+use integration::fixtures::PREFIX;
+use integration::netns::TestNetns;
+
+struct TwoNodes {
+    server: TestApiServer,
+    nodes: [TestNetns; 2],
+    dir: tempfile::TempDir,
+}
+
+impl TwoNodes {
+    /// node-0 at 192.168.1.12 and node-1 at 192.168.1.13, as in the seed.
+    fn new(tag: &str) -> TwoNodes {
+        let n0 = TestNetns::new(&format!("{tag}0"));
+        let n1 = TestNetns::new(&format!("{tag}1"));
+        let status = std::process::Command::new("ip")
+            .args([
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                n0.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                n1.name(),
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for (ns, addr) in [(&n0, "192.168.1.12/24"), (&n1, "192.168.1.13/24")] {
+            ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+            ns.ip(&["link", "set", "eth0", "up"]);
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.168.1.1",
+                "dev",
+                "eth0",
+                "onlink",
+            ]);
+        }
+        let server = TestApiServer::start(Options::default()).unwrap();
+        server
+            .create_node(ready_node("node-0", Some("10.42.0.0/24")))
+            .unwrap();
+        server
+            .create_node(ready_node("node-1", Some("10.42.1.0/24")))
+            .unwrap();
+        TwoNodes {
+            server,
+            nodes: [n0, n1],
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn subnet_file(&self, i: usize) -> std::path::PathBuf {
+        self.dir
+            .path()
+            .join(format!("node-{i}/run/flannel/subnet.env"))
+    }
+
+    fn spawn(&self, i: usize) -> Handle {
+        let config = Config::builder(format!("node-{i}"))
+            .data_dir(self.dir.path().join(format!("node-{i}/data")))
+            .subnet_file(self.subnet_file(i))
+            .netns(self.nodes[i].path())
+            .build()
+            .unwrap();
+        spawn(self.server.client().unwrap(), config)
+    }
+}
+
+/// Ready, and the other node programmed as a peer (the other agent may
+/// publish its annotations a moment after this one is ready).
+async fn ready(handle: &Handle) {
+    tokio::time::timeout(Duration::from_secs(20), handle.ready())
+        .await
+        .expect("ready within 20 s")
+        .expect("ready without error");
+    let mut status = handle.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.peers_programmed == 1),
+    )
+    .await
+    .expect("the peer is programmed within 10 s")
+    .expect("the task is running");
+}
+
+/// Polls `check` until it holds; returns how long it took.
+async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+fn vtep_mac(ns: &TestNetns) -> String {
+    let link = ns.ip(&["-o", "link", "show", "flannel.1"]);
+    link.split("link/ether ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_reproduce_the_seed_data_path() {
+    let lab = TwoNodes::new("vx");
+    let (h0, h1) = (lab.spawn(0), lab.spawn(1));
+    ready(&h0).await;
+    ready(&h1).await;
+    let [n0, n1] = &lab.nodes;
+
+    // subnet.env: the seed's four lines.
+    assert_eq!(
+        std::fs::read_to_string(lab.subnet_file(0)).unwrap(),
+        "FLANNEL_NETWORK=10.42.0.0/16\nFLANNEL_SUBNET=10.42.0.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    );
+    // flannel.1: vxlan id 1, local = uplink, dstport 8472, nolearning, MTU 1450, 10.42.0.0/32.
+    let link = n0.ip(&["-d", "link", "show", "flannel.1"]);
+    for wanted in [
+        "mtu 1450",
+        "vxlan id 1 local 192.168.1.12 dev eth0",
+        "dstport 8472",
+        "nolearning",
+    ] {
+        assert!(link.contains(wanted), "{wanted:?} not in {link}");
+    }
+    assert!(n0
+        .ip(&["-4", "addr", "show", "dev", "flannel.1"])
+        .contains("inet 10.42.0.0/32"));
+    // The seed's route, tagged as ours.
+    let routes0 = n0.ip(&["route", "show", "dev", "flannel.1"]);
+    assert!(
+        routes0.contains("10.42.1.0/24 via 10.42.1.0 proto 77 onlink"),
+        "{routes0}"
+    );
+    let routes1 = n1.ip(&["route", "show", "dev", "flannel.1"]);
+    assert!(
+        routes1.contains("10.42.0.0/24 via 10.42.0.0 proto 77 onlink"),
+        "{routes1}"
+    );
+    // Neighbour and FDB entries name node 1's real VTEP MAC and address.
+    let mac1 = vtep_mac(n1);
+    let neigh = n0.ip(&["neigh", "show", "dev", "flannel.1"]);
+    assert!(
+        neigh.contains(&format!("10.42.1.0 lladdr {mac1} PERMANENT")),
+        "{neigh}"
+    );
+    let fdb = String::from_utf8(
+        n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        fdb.contains(&format!("{mac1} dst 192.168.1.13 self permanent")),
+        "{fdb}"
+    );
+    // Each Node object carries its device's real MAC.
+    for (i, ns) in lab.nodes.iter().enumerate() {
+        let node = lab.server.get_node(&format!("node-{i}")).unwrap();
+        let data = node.metadata.annotations.unwrap()[&format!("{PREFIX}backend-data")].clone();
+        assert_eq!(data, format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, vtep_mac(ns)));
+    }
+    // Traffic crosses: node 0 reaches node 1's VTEP address through the tunnel.
+    let ping = n0.exec("ping", &["-c", "2", "-W", "2", "10.42.1.0"]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    assert_eq!(h0.status().phase, Phase::Running);
+    assert_eq!(h0.status().peers_programmed, 1);
+
+    h0.shutdown().await.unwrap();
+    h1.shutdown().await.unwrap();
+    // Shutdown leaves the data path in place.
+    assert!(n0
+        .ip(&["route", "show", "dev", "flannel.1"])
+        .contains("10.42.1.0/24"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
+    let lab = TwoNodes::new("vxf");
+    let (h0, h1) = (lab.spawn(0), lab.spawn(1));
+    ready(&h0).await;
+    ready(&h1).await;
+    let n0 = &lab.nodes[0];
+    let route = "10.42.1.0/24 via 10.42.1.0 proto 77 onlink";
+    let has_route = || {
+        n0.ip(&["route", "show", "dev", "flannel.1"])
+            .contains(route)
+    };
+
+    // A route, a neighbour, an FDB entry deleted by hand come back.
+    n0.ip(&["route", "del", "10.42.1.0/24"]);
+    let took = within(Duration::from_secs(2), "route restored", has_route).await;
+    println!("route restored after {took:?}");
+    n0.ip(&["neigh", "del", "10.42.1.0", "dev", "flannel.1"]);
+    within(Duration::from_secs(2), "neighbour restored", || {
+        n0.ip(&["neigh", "show", "dev", "flannel.1"])
+            .contains("10.42.1.0 lladdr")
+    })
+    .await;
+    let mac1 = vtep_mac(&lab.nodes[1]);
+    let out = n0.exec(
+        "bridge",
+        &[
+            "fdb",
+            "del",
+            &mac1,
+            "dev",
+            "flannel.1",
+            "dst",
+            "192.168.1.13",
+            "self",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    within(Duration::from_secs(2), "fdb restored", || {
+        String::from_utf8_lossy(
+            &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+                .stdout,
+        )
+        .contains(&mac1)
+    })
+    .await;
+
+    // The whole device deleted: recreated with the same MAC and every peer.
+    let mac0 = vtep_mac(n0);
+    n0.ip(&["link", "del", "flannel.1"]);
+    let took = within(
+        Duration::from_secs(2),
+        "device and peers recreated",
+        has_route,
+    )
+    .await;
+    println!("flannel.1 recreated with its peer after {took:?}");
+    assert_eq!(vtep_mac(n0), mac0, "the MAC peers know is kept");
+
+    // A peer's public IP changes: its FDB entry follows.
+    lab.server
+        .update_node("node-1", |n| {
+            n.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(format!("{PREFIX}public-ip"), "192.168.1.99".into());
+        })
+        .unwrap();
+    within(
+        Duration::from_secs(3),
+        "fdb follows the new public ip",
+        || {
+            let fdb = String::from_utf8_lossy(
+                &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+                    .stdout,
+            )
+            .into_owned();
+            fdb.contains(&format!("{mac1} dst 192.168.1.99")) && !fdb.contains("192.168.1.13")
+        },
+    )
+    .await;
+
+    // The Node deleted: its three entries go.
+    lab.server.delete_node("node-1").unwrap();
+    within(Duration::from_secs(1), "deleted peer removed", || {
+        let fdb = String::from_utf8_lossy(
+            &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+                .stdout,
+        )
+        .into_owned();
+        !has_route()
+            && !fdb.contains(&mac1)
+            && !n0
+                .ip(&["neigh", "show", "dev", "flannel.1"])
+                .contains("10.42.1.0")
+    })
+    .await;
+    h0.shutdown().await.unwrap();
+    h1.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_peers_deleted_while_stopped_are_removed_at_start() {
+    let lab = TwoNodes::new("vxs");
+    let (h0, h1) = (lab.spawn(0), lab.spawn(1));
+    ready(&h0).await;
+    ready(&h1).await;
+    h0.shutdown().await.unwrap();
+    h1.shutdown().await.unwrap();
+    let n0 = &lab.nodes[0];
+    assert!(n0
+        .ip(&["route", "show", "dev", "flannel.1"])
+        .contains("10.42.1.0/24"));
+    // A route someone else made on our device is not ours to remove.
+    n0.ip(&[
+        "route",
+        "add",
+        "10.99.0.0/24",
+        "via",
+        "10.42.1.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+
+    lab.server.delete_node("node-1").unwrap();
+    let h0 = lab.spawn(0);
+    tokio::time::timeout(Duration::from_secs(20), h0.ready())
+        .await
+        .expect("ready within 20 s")
+        .expect("ready without error");
+    let routes = n0.ip(&["route", "show", "dev", "flannel.1"]);
+    assert!(
+        !routes.contains("10.42.1.0/24"),
+        "stale route left: {routes}"
+    );
+    assert!(
+        routes.contains("10.99.0.0/24"),
+        "a route that is not ours was touched: {routes}"
+    );
+    assert!(!n0
+        .ip(&["neigh", "show", "dev", "flannel.1"])
+        .contains("10.42.1.0"));
+    assert!(!String::from_utf8_lossy(
+        &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .stdout
+    )
+    .contains("192.168.1.13"));
+    h0.shutdown().await.unwrap();
+}

@@ -1,0 +1,473 @@
+//! Typed netlink operations on what flannel owns: the vxlan device, its
+//! address, neighbours and FDB entries on it, and routes with our protocol
+//! number. Requests are pipelined (many in flight on one socket);
+//! EEXIST/ENOENT are the idempotent outcomes they are.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::address::AddressMessage;
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
+};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
+
+use super::{NetlinkError, NetlinkHandle};
+use crate::backend::vxlan::{FoundVxlan, VxlanDeviceSpec};
+use crate::backend::{FdbEntry, KernelEntries, Op, RouteEntry, ROUTE_PROTOCOL};
+use crate::mac::MacAddr;
+
+/// How many requests may be in flight on one socket at once.
+pub const MAX_IN_FLIGHT: usize = 128;
+
+const EEXIST: i32 = 17;
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+
+/// The errno of a netlink error reply, if it is one.
+fn errno(error: &rtnetlink::Error) -> Option<i32> {
+    match error {
+        rtnetlink::Error::NetlinkError(message) => message.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+impl NetlinkHandle {
+    /// The link called `name`, if any.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
+        let result: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_collect()
+            .await;
+        match result {
+            Ok(mut links) => Ok(links.pop()),
+            Err(e) if matches!(errno(&e), Some(ENOENT) | Some(19)) => Ok(None),
+            Err(e) => Err(self.request_error("link lookup")(e)),
+        }
+    }
+
+    /// The link called `name` as a vxlan device to compare with a spec.
+    pub async fn find_vxlan(&self, name: &str) -> Result<Option<FoundVxlan>, NetlinkError> {
+        Ok(self.link_by_name(name).await?.map(|m| found_vxlan(&m)))
+    }
+
+    /// Creates the vxlan device (down; [`NetlinkHandle::set_link`] brings it
+    /// up).
+    pub async fn create_vxlan(&self, spec: &VxlanDeviceSpec) -> Result<(), NetlinkError> {
+        let mut builder = LinkVxlan::new(&spec.name, spec.vni)
+            .dev(spec.underlay_index)
+            .port(spec.port)
+            .learning(spec.learning);
+        builder = match spec.local {
+            IpAddr::V4(v4) => builder.local(v4),
+            IpAddr::V6(v6) => builder.local6(v6),
+        };
+        if spec.gbp {
+            builder = builder.gbp();
+        }
+        let message = builder.mtu(spec.mtu).address(spec.mac.0.to_vec()).build();
+        self.handle
+            .link()
+            .add(message)
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request {
+                what: "vxlan device creation",
+                netns: self.netns.clone(),
+                source,
+            })
+    }
+
+    /// Deletes a link (ENOENT is fine).
+    pub async fn delete_link(&self, index: u32) -> Result<(), NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENOENT) | Some(19)) => Ok(()),
+            Err(e) => Err(self.request_error("link deletion")(e)),
+        }
+    }
+
+    /// Sets MTU and brings the link up.
+    pub async fn set_link(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let message = LinkUnspec::new_with_index(index).mtu(mtu).up().build();
+        self.handle
+            .link()
+            .set(message)
+            .execute()
+            .await
+            .map_err(self.request_error("link set mtu/up"))
+    }
+
+    /// Makes `wanted` the only address inside `network` on the link (other
+    /// addresses outside `network` are left alone).
+    pub async fn ensure_only_address(
+        &self,
+        index: u32,
+        wanted: IpNetwork,
+        network: IpNetwork,
+    ) -> Result<bool, NetlinkError> {
+        let addresses: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request_error("address dump"))?;
+        let mut have = false;
+        let mut changed = false;
+        for message in addresses {
+            let Some(found) = super::address_from_message(&message) else {
+                continue;
+            };
+            if found.address == wanted.ip() && found.prefix_len == wanted.prefix() {
+                have = true;
+            } else if network.contains(found.address) {
+                self.handle
+                    .address()
+                    .del(message)
+                    .execute()
+                    .await
+                    .map_err(self.request_error("address deletion"))?;
+                changed = true;
+            }
+        }
+        if !have {
+            match self
+                .handle
+                .address()
+                .add(index, wanted.ip(), wanted.prefix())
+                .execute()
+                .await
+            {
+                Ok(()) => changed = true,
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(self.request_error("address add")(e)),
+            }
+        }
+        Ok(changed)
+    }
+
+    /// The neighbours and FDB entries on `device_index` and our routes
+    /// (protocol 77) of one family, as the kernel holds them now.
+    pub async fn dump_entries(
+        &self,
+        device_index: u32,
+        ipv6: bool,
+    ) -> Result<KernelEntries, NetlinkError> {
+        let mut entries = KernelEntries::default();
+        let family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let neighbours: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request_error("neighbour dump"))?;
+        for message in &neighbours {
+            if message.header.ifindex != device_index
+                || message.header.state != NeighbourState::Permanent
+            {
+                continue;
+            }
+            let (ip, mac) = neighbour_fields(message);
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                entries.neighbours.insert(ip, mac);
+            }
+        }
+        let fdb: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Bridge)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request_error("fdb dump"))?;
+        for message in &fdb {
+            if message.header.ifindex != device_index {
+                continue;
+            }
+            let (dst, mac) = neighbour_fields(message);
+            if let (Some(dst), Some(mac)) = (dst, mac) {
+                if dst.is_ipv6() == ipv6 {
+                    entries.fdb.insert(FdbEntry { mac, dst });
+                }
+            }
+        }
+        let request = if ipv6 {
+            RouteMessageBuilder::<Ipv6Addr>::new().build()
+        } else {
+            RouteMessageBuilder::<Ipv4Addr>::new().build()
+        };
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(request)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.request_error("route dump"))?;
+        for message in &routes {
+            if u8::from(message.header.protocol) != ROUTE_PROTOCOL {
+                continue;
+            }
+            if let Some(route) = our_route(message) {
+                entries.routes.insert(route.dst, route);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Applies one phase of operations on `device_index`, up to
+    /// [`MAX_IN_FLIGHT`] at a time. Returns the operations that failed, with
+    /// the error (EEXIST on an add and ENOENT on a delete count as done).
+    pub async fn apply(&self, device_index: u32, ops: &[Op]) -> Vec<(Op, String)> {
+        stream::iter(ops.iter().copied())
+            .map(|op| async move {
+                let result = self.apply_one(device_index, op).await;
+                match result {
+                    Ok(()) => None,
+                    Err(e) => match (op, errno(&e)) {
+                        (Op::SetNeighbour(_) | Op::SetFdb(_) | Op::SetRoute(_), Some(EEXIST)) => {
+                            None
+                        }
+                        (
+                            Op::DelNeighbour(_) | Op::DelFdb(_) | Op::DelRoute(_),
+                            Some(ENOENT | ESRCH),
+                        ) => None,
+                        _ => Some((op, e.to_string())),
+                    },
+                }
+            })
+            .buffer_unordered(MAX_IN_FLIGHT)
+            .filter_map(|failure| async move { failure })
+            .collect()
+            .await
+    }
+
+    async fn apply_one(&self, device_index: u32, op: Op) -> Result<(), rtnetlink::Error> {
+        let neighbours = self.handle.neighbours();
+        match op {
+            Op::SetNeighbour(n) => {
+                neighbours
+                    .add(device_index, n.ip)
+                    .link_layer_address(&n.mac.0)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DelNeighbour(n) => {
+                let mut message = NeighbourMessage::default();
+                message.header.family = family_of(n.ip);
+                message.header.ifindex = device_index;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(n.ip)));
+                neighbours.del(message).execute().await
+            }
+            Op::SetFdb(e) => {
+                neighbours
+                    .add_bridge(device_index, &e.mac.0)
+                    .destination(e.dst)
+                    .flags(NeighbourFlags::Own)
+                    .state(NeighbourState::Permanent)
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DelFdb(e) => {
+                let mut message = NeighbourMessage::default();
+                message.header.family = AddressFamily::Bridge;
+                message.header.ifindex = device_index;
+                message.header.flags = NeighbourFlags::Own;
+                message
+                    .attributes
+                    .push(NeighbourAttribute::LinkLayerAddress(e.mac.0.to_vec()));
+                message
+                    .attributes
+                    .push(NeighbourAttribute::Destination(neighbour_address(e.dst)));
+                neighbours.del(message).execute().await
+            }
+            Op::SetRoute(r) => {
+                self.handle
+                    .route()
+                    .add(route_message(&r))
+                    .replace()
+                    .execute()
+                    .await
+            }
+            Op::DelRoute(r) => self.handle.route().del(route_message(&r)).execute().await,
+        }
+    }
+}
+
+fn family_of(ip: IpAddr) -> AddressFamily {
+    if ip.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAddr>) {
+    let mut ip = None;
+    let mut mac = None;
+    for attribute in &message.attributes {
+        match attribute {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                ip = Some(IpAddr::V4(*v4))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                ip = Some(IpAddr::V6(*v6))
+            }
+            // FDB dumps (AF_BRIDGE) carry the remote address as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(IpAddr::from),
+                    _ => None,
+                }
+            }
+            NeighbourAttribute::LinkLayerAddress(bytes) if bytes.len() == 6 => {
+                let mut octets = [0u8; 6];
+                octets.copy_from_slice(bytes);
+                mac = Some(MacAddr(octets));
+            }
+            _ => {}
+        }
+    }
+    (ip, mac)
+}
+
+fn route_message(route: &RouteEntry) -> RouteMessage {
+    let protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    let mut message = match (route.dst, route.gateway) {
+        (IpNetwork::V4(dst), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .gateway(gw)
+            .output_interface(route.oif)
+            .protocol(protocol)
+            .build(),
+        (IpNetwork::V6(dst), IpAddr::V6(gw)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .gateway(gw)
+            .output_interface(route.oif)
+            .protocol(protocol)
+            .build(),
+        // Mixed families never come out of the backends; build the
+        // destination alone so the kernel rejects it with a clear error.
+        (IpNetwork::V4(dst), IpAddr::V6(_)) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .build(),
+        (IpNetwork::V6(dst), IpAddr::V4(_)) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .build(),
+    };
+    if route.onlink {
+        message.header.flags |= RouteFlags::Onlink;
+    }
+    message
+}
+
+fn our_route(message: &RouteMessage) -> Option<RouteEntry> {
+    let mut dst_addr = None;
+    let mut gateway = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst_addr = Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst_addr = Some(IpAddr::V6(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(a)) => gateway = Some(IpAddr::V6(*a)),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            _ => {}
+        }
+    }
+    let dst = IpNetwork::new(dst_addr?, message.header.destination_prefix_length).ok()?;
+    Some(RouteEntry {
+        dst,
+        gateway: gateway?,
+        oif: oif?,
+        onlink: message.header.flags.contains(RouteFlags::Onlink),
+    })
+}
+
+fn found_vxlan(message: &LinkMessage) -> FoundVxlan {
+    let mut found = FoundVxlan {
+        index: message.header.index,
+        is_vxlan: false,
+        vni: None,
+        local: None,
+        underlay_index: None,
+        port: None,
+        gbp: false,
+        learning: true,
+        mtu: 0,
+        mac: None,
+        up: message.header.flags.contains(LinkFlags::Up),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::Mtu(mtu) => found.mtu = *mtu,
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let mut octets = [0u8; 6];
+                octets.copy_from_slice(bytes);
+                found.mac = Some(MacAddr(octets));
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for info in infos {
+                    match info {
+                        LinkInfo::Kind(InfoKind::Vxlan) => found.is_vxlan = true,
+                        LinkInfo::Data(InfoData::Vxlan(items)) => {
+                            for item in items {
+                                match item {
+                                    InfoVxlan::Id(id) => found.vni = Some(*id),
+                                    InfoVxlan::Local(a) => found.local = Some(IpAddr::V4(*a)),
+                                    InfoVxlan::Local6(a) => found.local = Some(IpAddr::V6(*a)),
+                                    InfoVxlan::Link(index) => found.underlay_index = Some(*index),
+                                    InfoVxlan::Port(port) => found.port = Some(*port),
+                                    InfoVxlan::Learning(on) => found.learning = *on,
+                                    InfoVxlan::Gbp => found.gbp = true,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}

@@ -1,0 +1,204 @@
+//! The vxlan data path: the device, its address, and the level-triggered
+//! reconcile of neighbours, FDB entries and routes against a kernel dump.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use rtnetlink::packet_core::NetlinkPayload;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use tracing::{debug, info, warn};
+
+use crate::backend::vxlan::{desired_entries, incompatibility, DirectRouting, VxlanDeviceSpec};
+use crate::backend::{diff, Op, ROUTE_PROTOCOL};
+use crate::kube_subnet::PeerSnapshot;
+use crate::mac::MacAddr;
+use crate::netlink::{KernelMessage, NetlinkError, NetlinkHandle};
+
+/// The device as it is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Device {
+    pub index: u32,
+    pub mac: MacAddr,
+}
+
+/// What one reconcile did.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    /// Peers whose entries are all in place.
+    pub peers_programmed: usize,
+    /// Operations applied.
+    pub applied: usize,
+    /// Operations that failed (object and error).
+    pub failures: Vec<(Op, String)>,
+}
+
+/// The vxlan data path for one address family (IPv4 here).
+pub(crate) struct VxlanDataPath {
+    pub netlink: NetlinkHandle,
+    pub spec: VxlanDeviceSpec,
+    /// Own lease: its network address goes on the device as a /32.
+    pub lease: Ipv4Network,
+    /// Cluster network: other addresses inside it are removed from the device.
+    pub network: Ipv4Network,
+    pub direct: Option<DirectRouting>,
+    pub device: Option<Device>,
+}
+
+impl VxlanDataPath {
+    /// Makes sure the device exists with the right attributes, is up, has
+    /// the right MTU and exactly our address. A missing device is created
+    /// with `spec.mac` (the MAC peers know); an incompatible one is
+    /// recreated; an existing compatible one is reused, MAC included.
+    pub async fn ensure_device(&mut self) -> Result<(Device, bool), NetlinkError> {
+        let mut created = false;
+        let found = match self.netlink.find_vxlan(&self.spec.name).await? {
+            Some(found) => match incompatibility(&self.spec, &found) {
+                None => Some(found),
+                Some(reason) => {
+                    warn!("{reason}; recreating it");
+                    self.netlink.delete_link(found.index).await?;
+                    None
+                }
+            },
+            None => None,
+        };
+        let found = match found {
+            Some(found) => found,
+            None => {
+                self.netlink.create_vxlan(&self.spec).await?;
+                created = true;
+                info!(
+                    device = %self.spec.name,
+                    vni = self.spec.vni,
+                    local = %self.spec.local,
+                    dstport = self.spec.port,
+                    mtu = self.spec.mtu,
+                    mac = %self.spec.mac,
+                    "created vxlan device"
+                );
+                self.netlink
+                    .find_vxlan(&self.spec.name)
+                    .await?
+                    .ok_or_else(|| {
+                        NetlinkError::NoInterface(format!(
+                            "{} vanished right after creation",
+                            self.spec.name
+                        ))
+                    })?
+            }
+        };
+        if found.mtu != self.spec.mtu || !found.up {
+            self.netlink.set_link(found.index, self.spec.mtu).await?;
+            if !created {
+                info!(device = %self.spec.name, mtu = self.spec.mtu, "set the vxlan device's MTU and brought it up");
+            }
+        }
+        let address = IpNetwork::new(IpAddr::V4(self.lease.network()), 32)
+            .map_err(|e| NetlinkError::NoInterface(format!("lease address: {e}")))?;
+        if self
+            .netlink
+            .ensure_only_address(found.index, address, IpNetwork::V4(self.network))
+            .await?
+            && !created
+        {
+            info!(device = %self.spec.name, %address, "restored the vxlan device's address");
+        }
+        let device = Device {
+            index: found.index,
+            mac: found.mac.unwrap_or(self.spec.mac),
+        };
+        // Keep using this MAC if the device is ever recreated.
+        self.spec.mac = device.mac;
+        self.device = Some(device);
+        Ok((device, created))
+    }
+
+    /// One level-triggered pass: desired entries from the peers, actual
+    /// entries from a dump, apply the difference. Deletions only once the
+    /// peer list is complete.
+    pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
+        let started = Instant::now();
+        let (device, _) = self.ensure_device().await?;
+        let actual = self.netlink.dump_entries(device.index, false).await?;
+        let desired = desired_entries(&peers.peers, device.index, self.direct.as_ref());
+        let phases = diff(&desired, &actual, peers.synced);
+        let total: usize = phases.iter().map(Vec::len).sum();
+        let mut report = Report::default();
+        for phase in &phases {
+            if phase.is_empty() {
+                continue;
+            }
+            report
+                .failures
+                .extend(self.netlink.apply(device.index, phase).await);
+            report.applied += phase.len();
+        }
+        let failed: std::collections::BTreeSet<String> = report
+            .failures
+            .iter()
+            .map(|(op, error)| {
+                warn!("{op} on {} failed: {error}", self.spec.name);
+                op.to_string()
+            })
+            .collect();
+        if total > 0 {
+            log_ops(&phases, &self.spec.name);
+            info!(
+                device = %self.spec.name,
+                applied = total - failed.len(),
+                failed = failed.len(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "reconciled"
+            );
+        }
+        report.peers_programmed = desired
+            .routes
+            .len()
+            .saturating_sub(failed.len().min(desired.routes.len()));
+        Ok(report)
+    }
+
+    /// Whether a kernel notification concerns what we own: our device, an
+    /// entry on it, or one of our routes.
+    pub fn is_relevant(&self, message: &KernelMessage) -> bool {
+        let NetlinkPayload::InnerMessage(inner) = &message.payload else {
+            return false;
+        };
+        let index = self.device.map(|d| d.index);
+        match inner {
+            RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+                Some(link.header.index) == index
+                    || link
+                        .attributes
+                        .iter()
+                        .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == self.spec.name))
+            }
+            RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+                Some(n.header.ifindex) == index
+            }
+            RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+                Some(a.header.index) == index
+            }
+            RouteNetlinkMessage::DelRoute(r) => u8::from(r.header.protocol) == ROUTE_PROTOCOL,
+            _ => false,
+        }
+    }
+}
+
+/// Every kernel change is logged once: one line per operation when there
+/// are few, a count per kind when there are many (a cold start at
+/// thousands of peers).
+fn log_ops(phases: &[Vec<Op>; 3], device: &str) {
+    let total: usize = phases.iter().map(Vec::len).sum();
+    if total <= 32 {
+        for op in phases.iter().flatten() {
+            info!("{op} on {device}");
+        }
+    } else {
+        for op in phases.iter().flatten() {
+            debug!("{op} on {device}");
+        }
+    }
+}
