@@ -3,6 +3,7 @@
 //! that close the gap. Pure functions with table tests; `netlink` applies
 //! the operations.
 
+pub mod host_gw;
 pub mod vxlan;
 
 use std::collections::{BTreeMap, BTreeSet};

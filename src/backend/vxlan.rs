@@ -11,8 +11,11 @@ use crate::config::VxlanConf;
 use crate::kube_subnet::{PeerBackend, PeerSet};
 use crate::mac::MacAddr;
 
-/// VXLAN encapsulation overhead subtracted from the uplink MTU (IPv4).
+/// VXLAN encapsulation overhead subtracted from the uplink MTU (IPv4
+/// underlay).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (the kernel refuses a larger MTU).
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// The vxlan device flannel wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +68,9 @@ pub struct FoundVxlan {
 }
 
 /// The device for this node: name `flannel.<VNI>`, MTU from the config or the
-/// uplink MTU − 50.
+/// uplink MTU − 50; the IPv6 device (local address IPv6) is
+/// `flannel-v6.<VNI>` with uplink MTU − 70 (the IPv6 header is 20 bytes
+/// longer, and the kernel refuses more).
 pub fn device_spec(
     conf: &VxlanConf,
     local: IpAddr,
@@ -74,7 +79,11 @@ pub fn device_spec(
     mac: MacAddr,
 ) -> VxlanDeviceSpec {
     VxlanDeviceSpec {
-        name: format!("flannel.{}", conf.vni),
+        name: if local.is_ipv6() {
+            format!("flannel-v6.{}", conf.vni)
+        } else {
+            format!("flannel.{}", conf.vni)
+        },
         vni: conf.vni,
         local,
         underlay_index,
@@ -83,7 +92,11 @@ pub fn device_spec(
         learning: conf.learning,
         mtu: conf
             .mtu
-            .unwrap_or(uplink_mtu.saturating_sub(VXLAN_OVERHEAD)),
+            .unwrap_or(uplink_mtu.saturating_sub(if local.is_ipv6() {
+                VXLAN6_OVERHEAD
+            } else {
+                VXLAN_OVERHEAD
+            })),
         mac,
     }
 }
@@ -130,23 +143,35 @@ pub struct DirectRouting {
     pub connected: Vec<IpNetwork>,
 }
 
-/// Neighbour, FDB entry and onlink route per IPv4 peer, exactly as flanneld
-/// programs them (the seed's `10.42.1.0/24 via 10.42.1.0 dev flannel.1
-/// onlink`).
+/// Neighbour, FDB entry and onlink route per peer of one family, exactly as
+/// flanneld programs them (the seed's `10.42.1.0/24 via 10.42.1.0 dev
+/// flannel.1 onlink`; for IPv6 the same on `flannel-v6.<VNI>`).
 pub fn desired_entries(
     peers: &PeerSet,
     device_index: u32,
     direct: Option<&DirectRouting>,
+    ipv6: bool,
 ) -> KernelEntries {
     let mut entries = KernelEntries::default();
     for peer in peers.iter() {
-        let (Some(lease), Some(public_ip), Some(PeerBackend::Vxlan { vtep_mac })) =
-            (peer.lease.ipv4, peer.public_ip, peer.backend_v4.as_ref())
+        let (lease, public, backend) = if ipv6 {
+            (
+                peer.lease.ipv6.map(IpNetwork::V6),
+                peer.public_ipv6.map(IpAddr::V6),
+                peer.backend_v6.as_ref(),
+            )
+        } else {
+            (
+                peer.lease.ipv4.map(IpNetwork::V4),
+                peer.public_ip.map(IpAddr::V4),
+                peer.backend_v4.as_ref(),
+            )
+        };
+        let (Some(dst), Some(public), Some(PeerBackend::Vxlan { vtep_mac })) =
+            (lease, public, backend)
         else {
             continue;
         };
-        let dst = IpNetwork::V4(lease);
-        let public = IpAddr::V4(public_ip);
         if let Some(direct) = direct.filter(|d| d.connected.iter().any(|net| net.contains(public)))
         {
             entries.routes.insert(
@@ -160,7 +185,7 @@ pub fn desired_entries(
             );
             continue;
         }
-        let vtep = IpAddr::V4(lease.network());
+        let vtep = dst.network();
         entries.neighbours.insert(vtep, *vtep_mac);
         entries.fdb.insert(FdbEntry {
             mac: *vtep_mac,
@@ -226,7 +251,7 @@ mod tests {
 
     #[test]
     fn the_seed_articles_entries() {
-        let entries = desired_entries(&seed_peer(), 7, None);
+        let entries = desired_entries(&seed_peer(), 7, None, false);
         let mac: MacAddr = "0a:00:00:00:00:0b".parse().unwrap();
         assert_eq!(
             entries.neighbours.get(&"10.42.1.0".parse().unwrap()),
@@ -249,7 +274,7 @@ mod tests {
             uplink_index: 2,
             connected: vec!["192.168.1.0/24".parse().unwrap()],
         };
-        let entries = desired_entries(&seed_peer(), 7, Some(&direct));
+        let entries = desired_entries(&seed_peer(), 7, Some(&direct), false);
         assert!(entries.neighbours.is_empty() && entries.fdb.is_empty());
         assert_eq!(
             entries.routes.values().next().unwrap().to_string(),
@@ -260,7 +285,9 @@ mod tests {
             connected: vec!["10.9.0.0/16".parse().unwrap()],
         };
         assert_eq!(
-            desired_entries(&seed_peer(), 7, Some(&elsewhere)).fdb.len(),
+            desired_entries(&seed_peer(), 7, Some(&elsewhere), false)
+                .fdb
+                .len(),
             1
         );
     }
@@ -326,5 +353,7 @@ mod tests {
             (spec.name.as_str(), spec.port, spec.mtu),
             ("flannel.4", 4789, 1400)
         );
+        let v6 = device_spec(&VxlanConf::default(), "fd00::12".parse().unwrap(), 2, 1500, mac);
+        assert_eq!((v6.name.as_str(), v6.mtu), ("flannel-v6.1", 1430));
     }
 }

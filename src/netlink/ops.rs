@@ -214,6 +214,16 @@ impl NetlinkHandle {
                 }
             }
         }
+        entries.routes = self.dump_our_routes(ipv6).await?;
+        Ok(entries)
+    }
+
+    /// Our routes (protocol 77, any table entry of the main dump) of one
+    /// family.
+    pub async fn dump_our_routes(
+        &self,
+        ipv6: bool,
+    ) -> Result<std::collections::BTreeMap<IpNetwork, RouteEntry>, NetlinkError> {
         let request = if ipv6 {
             RouteMessageBuilder::<Ipv6Addr>::new().build()
         } else {
@@ -227,15 +237,12 @@ impl NetlinkHandle {
             .try_collect()
             .await
             .map_err(self.request_error("route dump"))?;
-        for message in &routes {
-            if u8::from(message.header.protocol) != ROUTE_PROTOCOL {
-                continue;
-            }
-            if let Some(route) = our_route(message) {
-                entries.routes.insert(route.dst, route);
-            }
-        }
-        Ok(entries)
+        Ok(routes
+            .iter()
+            .filter(|m| u8::from(m.header.protocol) == ROUTE_PROTOCOL)
+            .filter_map(our_route)
+            .map(|route| (route.dst, route))
+            .collect())
     }
 
     /// Applies one phase of operations on `device_index`, up to

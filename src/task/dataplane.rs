@@ -1,17 +1,19 @@
-//! The vxlan data path: the device, its address, and the level-triggered
-//! reconcile of neighbours, FDB entries and routes against a kernel dump.
+//! The data paths: vxlan (a device per family, neighbours, FDB entries and
+//! onlink routes) and host-gw (routes through the uplink), each reconciled
+//! level-triggered against a kernel dump.
 
-use std::net::IpAddr;
 use std::time::Instant;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use tracing::{debug, info, warn};
 
 use crate::backend::vxlan::{desired_entries, incompatibility, DirectRouting, VxlanDeviceSpec};
-use crate::backend::{diff, Op, ROUTE_PROTOCOL};
+use crate::backend::{diff, host_gw, KernelEntries, Op, ROUTE_PROTOCOL};
 use crate::kube_subnet::PeerSnapshot;
 use crate::mac::MacAddr;
 use crate::netlink::{KernelMessage, NetlinkError, NetlinkHandle};
@@ -34,14 +36,14 @@ pub(crate) struct Report {
     pub failures: Vec<(Op, String)>,
 }
 
-/// The vxlan data path for one address family (IPv4 here).
+/// The vxlan data path for one address family.
 pub(crate) struct VxlanDataPath {
     pub netlink: NetlinkHandle,
     pub spec: VxlanDeviceSpec,
-    /// Own lease: its network address goes on the device as a /32.
-    pub lease: Ipv4Network,
+    /// Own lease: its network address goes on the device as a /32 (/128).
+    pub lease: IpNetwork,
     /// Cluster network: other addresses inside it are removed from the device.
-    pub network: Ipv4Network,
+    pub network: IpNetwork,
     pub direct: Option<DirectRouting>,
     pub device: Option<Device>,
 }
@@ -95,11 +97,12 @@ impl VxlanDataPath {
                 info!(device = %self.spec.name, mtu = self.spec.mtu, "set the vxlan device's MTU and brought it up");
             }
         }
-        let address = IpNetwork::new(IpAddr::V4(self.lease.network()), 32)
+        let host_prefix = if self.lease.is_ipv6() { 128 } else { 32 };
+        let address = IpNetwork::new(self.lease.network(), host_prefix)
             .map_err(|e| NetlinkError::NoInterface(format!("lease address: {e}")))?;
         if self
             .netlink
-            .ensure_only_address(found.index, address, IpNetwork::V4(self.network))
+            .ensure_only_address(found.index, address, self.network)
             .await?
             && !created
         {
@@ -121,43 +124,19 @@ impl VxlanDataPath {
     pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
         let started = Instant::now();
         let (device, _) = self.ensure_device().await?;
-        let actual = self.netlink.dump_entries(device.index, false).await?;
-        let desired = desired_entries(&peers.peers, device.index, self.direct.as_ref());
-        let phases = diff(&desired, &actual, peers.synced);
-        let total: usize = phases.iter().map(Vec::len).sum();
-        let mut report = Report::default();
-        for phase in &phases {
-            if phase.is_empty() {
-                continue;
-            }
-            report
-                .failures
-                .extend(self.netlink.apply(device.index, phase).await);
-            report.applied += phase.len();
-        }
-        let failed: std::collections::BTreeSet<String> = report
-            .failures
-            .iter()
-            .map(|(op, error)| {
-                warn!("{op} on {} failed: {error}", self.spec.name);
-                op.to_string()
-            })
-            .collect();
-        if total > 0 {
-            log_ops(&phases, &self.spec.name);
-            info!(
-                device = %self.spec.name,
-                applied = total - failed.len(),
-                failed = failed.len(),
-                took_ms = started.elapsed().as_millis() as u64,
-                "reconciled"
-            );
-        }
-        report.peers_programmed = desired
-            .routes
-            .len()
-            .saturating_sub(failed.len().min(desired.routes.len()));
-        Ok(report)
+        let ipv6 = self.lease.is_ipv6();
+        let actual = self.netlink.dump_entries(device.index, ipv6).await?;
+        let desired = desired_entries(&peers.peers, device.index, self.direct.as_ref(), ipv6);
+        Ok(apply_difference(
+            &self.netlink,
+            device.index,
+            &self.spec.name,
+            &desired,
+            &actual,
+            peers.synced,
+            started,
+        )
+        .await)
     }
 
     /// Whether a kernel notification concerns what we own: our device, an
@@ -185,6 +164,127 @@ impl VxlanDataPath {
             _ => false,
         }
     }
+}
+
+/// host-gw: routes through the uplink, nothing else.
+pub(crate) struct HostGwDataPath {
+    pub netlink: NetlinkHandle,
+    pub uplink_name: String,
+    pub uplink_index: u32,
+    /// The uplink's connected subnets (peers must be on one of them).
+    pub connected: Vec<IpNetwork>,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    /// Peer → the reason already warned about.
+    pub warned: BTreeMap<String, String>,
+}
+
+impl HostGwDataPath {
+    pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
+        let started = Instant::now();
+        let (desired, unreachable) =
+            host_gw::desired_routes(&peers.peers, self.uplink_index, &self.connected);
+        for (peer, reason) in &unreachable {
+            if self.warned.get(peer) != Some(reason) {
+                warn!(peer = %peer, "no host-gw route to node {peer}: {reason}");
+                self.warned.insert(peer.clone(), reason.clone());
+            }
+        }
+        self.warned
+            .retain(|peer, _| unreachable.iter().any(|(p, _)| p == peer));
+        let mut actual = KernelEntries::default();
+        for (enabled, ipv6) in [(self.ipv4, false), (self.ipv6, true)] {
+            if enabled {
+                actual
+                    .routes
+                    .extend(self.netlink.dump_our_routes(ipv6).await?);
+            }
+        }
+        Ok(apply_difference(
+            &self.netlink,
+            self.uplink_index,
+            &self.uplink_name,
+            &desired,
+            &actual,
+            peers.synced,
+            started,
+        )
+        .await)
+    }
+}
+
+/// The backend's data path: vxlan (one per enabled family) or host-gw.
+pub(crate) enum DataPath {
+    Vxlan(Vec<VxlanDataPath>),
+    HostGw(HostGwDataPath),
+}
+
+impl DataPath {
+    pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
+        match self {
+            DataPath::Vxlan(paths) => {
+                let mut total = Report::default();
+                for path in paths.iter_mut() {
+                    let report = path.reconcile(peers).await?;
+                    // A peer counts once even when it has both families.
+                    total.peers_programmed = total.peers_programmed.max(report.peers_programmed);
+                    total.applied += report.applied;
+                    total.failures.extend(report.failures);
+                }
+                Ok(total)
+            }
+            DataPath::HostGw(path) => path.reconcile(peers).await,
+        }
+    }
+
+    pub fn is_relevant(&self, message: &KernelMessage) -> bool {
+        match self {
+            DataPath::Vxlan(paths) => paths.iter().any(|p| p.is_relevant(message)),
+            DataPath::HostGw(_) => matches!(
+                &message.payload,
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) if u8::from(r.header.protocol) == ROUTE_PROTOCOL
+            ),
+        }
+    }
+}
+
+/// Diffs, applies in phases, logs every change once; returns the report.
+async fn apply_difference(
+    netlink: &NetlinkHandle,
+    device_index: u32,
+    device_name: &str,
+    desired: &KernelEntries,
+    actual: &KernelEntries,
+    synced: bool,
+    started: Instant,
+) -> Report {
+    let phases = diff(desired, actual, synced);
+    let total: usize = phases.iter().map(Vec::len).sum();
+    let mut report = Report::default();
+    for phase in &phases {
+        if phase.is_empty() {
+            continue;
+        }
+        report
+            .failures
+            .extend(netlink.apply(device_index, phase).await);
+        report.applied += phase.len();
+    }
+    for (op, error) in &report.failures {
+        warn!("{op} on {device_name} failed: {error}");
+    }
+    if total > 0 {
+        log_ops(&phases, device_name);
+        info!(
+            device = %device_name,
+            applied = total - report.failures.len(),
+            failed = report.failures.len(),
+            took_ms = started.elapsed().as_millis() as u64,
+            "reconciled"
+        );
+    }
+    report.peers_programmed = desired.routes.len().saturating_sub(report.failures.len());
+    report
 }
 
 /// Every kernel change is logged once: one line per operation when there

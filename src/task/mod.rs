@@ -95,6 +95,14 @@ pub enum Failure {
         /// What is wrong.
         problem: String,
     },
+    /// The backend cannot run in this configuration.
+    #[error("{backend}: {problem}")]
+    Backend {
+        /// The backend type.
+        backend: &'static str,
+        /// What is wrong and what to do.
+        problem: String,
+    },
     /// The backend's data path is not in this version of the crate yet.
     #[error("the {0} data path is not implemented in flannel-embed {version} yet", version = env!("CARGO_PKG_VERSION"))]
     NotImplemented(&'static str),

@@ -31,7 +31,7 @@ use crate::netlink::{self, ExternalInterface, NetlinkHandle};
 use futures_util::{FutureExt, StreamExt};
 use ipnetwork::IpNetwork;
 
-use super::dataplane::VxlanDataPath;
+use super::dataplane::{DataPath, HostGwDataPath, VxlanDataPath};
 
 /// The backend's decisions that peers see through annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,16 +96,10 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
     let mut attrs = backend_attrs(&netconf, &keys, &own_annotations, &ext)
         .map_err(|f| Error::new(Step::RegisterNetwork, f))?;
 
-    // The vxlan IPv4 data path: create the device first, so the MAC peers
-    // learn from our annotation is the device's real one.
-    let mut data_path = match (
-        &netconf.backend,
-        lease.ipv4,
-        netconf.active_ipv4_network(),
-        ext.ipv4,
-    ) {
-        (BackendConf::Vxlan(vxlan), Some(own_lease), Some(network), Some(local)) => {
-            let mac = attrs.vtep_macs.0.unwrap_or_else(MacAddr::random_local);
+    // The data path first: for vxlan the devices must exist so the MAC
+    // peers learn from our annotations is the device's real one.
+    let mut data_path = match &netconf.backend {
+        BackendConf::Vxlan(vxlan) => {
             let direct = if vxlan.direct_routing {
                 Some(
                     direct_routing(&netlink, ext.index)
@@ -115,24 +109,69 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
             } else {
                 None
             };
-            let mut path = VxlanDataPath {
-                netlink: netlink.clone(),
-                spec: device_spec(vxlan, IpAddr::V4(local), ext.index, ext.mtu, mac),
-                lease: own_lease,
-                network,
-                direct,
-                device: None,
-            };
-            let (device, _) = path
-                .ensure_device()
-                .await
-                .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
-            if let Some((data, _)) = attrs.own.ipv4.as_mut() {
-                *data = vxlan_backend_data(vxlan.vni, device.mac);
+            let families = [
+                (
+                    lease.ipv4.map(IpNetwork::V4),
+                    netconf.active_ipv4_network().map(IpNetwork::V4),
+                    ext.ipv4.map(IpAddr::V4),
+                    attrs.vtep_macs.0,
+                ),
+                (
+                    lease.ipv6.map(IpNetwork::V6),
+                    netconf.active_ipv6_network().map(IpNetwork::V6),
+                    ext.ipv6.map(IpAddr::V6),
+                    attrs.vtep_macs.1,
+                ),
+            ];
+            let mut paths = Vec::new();
+            for (own_lease, network, local, mac) in families {
+                let (Some(own_lease), Some(network), Some(local)) = (own_lease, network, local)
+                else {
+                    continue;
+                };
+                let mac = mac.unwrap_or_else(MacAddr::random_local);
+                let mut path = VxlanDataPath {
+                    netlink: netlink.clone(),
+                    spec: device_spec(vxlan, local, ext.index, ext.mtu, mac),
+                    lease: own_lease,
+                    network,
+                    direct: direct.clone(),
+                    device: None,
+                };
+                let (device, _) = path
+                    .ensure_device()
+                    .await
+                    .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
+                let published = if local.is_ipv6() {
+                    attrs.own.ipv6.as_mut().map(|(data, _)| data)
+                } else {
+                    attrs.own.ipv4.as_mut().map(|(data, _)| data)
+                };
+                if let Some(data) = published {
+                    *data = vxlan_backend_data(vxlan.vni, device.mac);
+                }
+                paths.push(path);
             }
-            Some(path)
+            Some(DataPath::Vxlan(paths))
         }
-        _ => None,
+        BackendConf::HostGw => {
+            refuse_nat_for_host_gw(config, &keys, &own_annotations, &own_node, &attrs, &ext)
+                .map_err(|f| Error::new(Step::RegisterNetwork, f))?;
+            let connected = direct_routing(&netlink, ext.index)
+                .await
+                .map_err(|e| Error::new(Step::RegisterNetwork, e))?
+                .connected;
+            Some(DataPath::HostGw(HostGwDataPath {
+                netlink: netlink.clone(),
+                uplink_name: ext.name.clone(),
+                uplink_index: ext.index,
+                connected,
+                ipv4: netconf.enable_ipv4,
+                ipv6: netconf.enable_ipv6,
+                warned: BTreeMap::new(),
+            }))
+        }
+        BackendConf::Wireguard(_) => None,
     };
     progress.update(|s| s.public_ip = attrs.own.ipv4.as_ref().map(|(_, ip)| IpAddr::V4(*ip)));
 
@@ -143,23 +182,28 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
     }
     if data_path.is_none() {
         warn!(
-            "the {} data path{} is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
+            "the {} data path is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
             netconf.backend.type_name(),
-            if netconf.enable_ipv4 { "" } else { " for IPv6" },
             env!("CARGO_PKG_VERSION")
         );
-    } else if netconf.enable_ipv6 {
-        warn!("the vxlan IPv6 data path is not implemented in flannel-embed {} yet: only IPv4 is programmed", env!("CARGO_PKG_VERSION"));
     }
 
     let (publish, peers) = watch::channel(PeerSnapshot::default());
+    let mtu = match &data_path {
+        // Pods get one MTU for both families: the smaller device's.
+        Some(DataPath::Vxlan(paths)) => paths.iter().map(|p| p.spec.mtu).min().unwrap_or(ext.mtu),
+        _ => ext.mtu,
+    };
     let subnet_env = SubnetEnv::for_lease(
         lease
             .ipv4
             .zip(netconf.active_ipv4_network())
             .map(|(l, n)| (n, l)),
-        None,
-        data_path.as_ref().map_or(ext.mtu, |p| p.spec.mtu),
+        lease
+            .ipv6
+            .zip(netconf.active_ipv6_network())
+            .map(|(l, n)| (n, l)),
+        mtu,
         config.ip_masq(),
     );
     let ctx = PeerContext {
@@ -195,7 +239,7 @@ const COALESCE: Duration = Duration::from_millis(20);
 /// resolves after the first complete pass with the full peer list.
 async fn drive_data_path(
     config: &Config,
-    path: &mut VxlanDataPath,
+    path: &mut DataPath,
     mut peers: watch::Receiver<PeerSnapshot>,
     subnet_env: &SubnetEnv,
     progress: &Progress,
@@ -239,6 +283,12 @@ async fn drive_data_path(
                 progress.update(|s| {
                     s.peers_programmed = report.peers_programmed;
                     s.last_reconcile = Some(SystemTime::now());
+                    s.last_error = report.failures.first().map(|(op, error)| {
+                        format!(
+                            "{op}: {error} ({} operations failed)",
+                            report.failures.len()
+                        )
+                    });
                 });
                 if snapshot.synced && report.failures.is_empty() {
                     write_subnet_env(config.subnet_file(), subnet_env).await?;
@@ -251,6 +301,7 @@ async fn drive_data_path(
             }
             Err(error) => {
                 warn!("reconciling the data path failed, retrying in 1 s: {error}");
+                progress.update(|s| s.last_error = Some(error.to_string()));
                 retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             }
         }
@@ -289,6 +340,48 @@ async fn write_subnet_env(path: &Path, env: &SubnetEnv) -> Result<(), Error> {
             .map_err(|e| Error::new(Step::WriteSubnetFile, e))?;
     if let (true, path) = written {
         info!(path = %path.display(), "wrote subnet file");
+    }
+    Ok(())
+}
+
+/// host-gw routes to the peers' public IPs directly, so a public IP that is
+/// not the interface's own address (NAT, an overwrite annotation, k3s
+/// `--flannel-external-ip`) cannot work: refuse to start, as upstream does.
+fn refuse_nat_for_host_gw(
+    config: &Config,
+    keys: &AnnotationKeys,
+    own_annotations: &BTreeMap<String, String>,
+    own_node: &Node,
+    attrs: &BackendAttrs,
+    ext: &ExternalInterface,
+) -> Result<(), Failure> {
+    let external = if config.external_ip() {
+        external_addresses(own_node)
+    } else {
+        Vec::new()
+    };
+    let overwrite_v4 = own_annotations
+        .get(&keys.public_ip_overwrite)
+        .and_then(|v| v.parse::<IpAddr>().ok());
+    let overwrite_v6 = own_annotations
+        .get(&keys.public_ipv6_overwrite)
+        .and_then(|v| v.parse::<IpAddr>().ok());
+    let published = [
+        attrs.own.ipv4.as_ref().map(|(_, ip)| IpAddr::V4(*ip)),
+        attrs.own.ipv6.as_ref().map(|(_, ip)| IpAddr::V6(*ip)),
+        overwrite_v4,
+        overwrite_v6,
+    ];
+    let own_addresses = [ext.ipv4.map(IpAddr::V4), ext.ipv6.map(IpAddr::V6)];
+    for public in published.into_iter().flatten().chain(external) {
+        if !own_addresses.contains(&Some(public)) {
+            return Err(Failure::Backend {
+                backend: "host-gw",
+                problem: format!(
+                    "host-gw needs the public IP to be the interface's own address, but the public IP would be {public}; host-gw cannot work through NAT: use the vxlan backend, or drop the public-ip overwrite"
+                ),
+            });
+        }
     }
     Ok(())
 }
