@@ -30,6 +30,7 @@ pub mod cni;
 pub mod config;
 pub mod files;
 pub mod kube_subnet;
+pub mod masq;
 mod mac;
 pub mod netlink;
 mod task;

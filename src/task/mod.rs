@@ -42,6 +42,8 @@ pub enum Step {
     RegisterNetwork,
     /// Writing subnet.env.
     WriteSubnetFile,
+    /// Setting up masquerade and forward rules.
+    SetupMasq,
     /// The task itself (a panic).
     Run,
 }
@@ -58,6 +60,7 @@ impl fmt::Display for Step {
             Step::FindInterface => "failed to find the interface",
             Step::RegisterNetwork => "failed to register flannel network",
             Step::WriteSubnetFile => "failed to write flannel subnet file",
+            Step::SetupMasq => "failed to setup masq rules",
             Step::Run => "flannel exited",
         })
     }
@@ -87,6 +90,9 @@ pub enum Failure {
     /// Netlink failed.
     #[error(transparent)]
     Netlink(#[from] crate::netlink::NetlinkError),
+    /// Masquerade or forward rules failed.
+    #[error(transparent)]
+    Masq(#[from] crate::masq::MasqError),
     /// The `--netns` path is not a network namespace.
     #[error("{path}: {problem}")]
     Netns {

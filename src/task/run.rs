@@ -26,7 +26,9 @@ use crate::kube_subnet::{
     stored_vtep_mac, vxlan_backend_data, AnnotationKeys, OwnAttrs, PeerContext, PeerSnapshot,
     HOST_GW_BACKEND_DATA,
 };
+use crate::kube_subnet::Lease;
 use crate::mac::MacAddr;
+use crate::masq::{self, DriverKind, MasqRules, RuleSet};
 use crate::netlink::{self, ExternalInterface, NetlinkHandle};
 use futures_util::{FutureExt, StreamExt};
 use ipnetwork::IpNetwork;
@@ -180,6 +182,7 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
     if config.set_node_network_unavailable() {
         set_network_available(&nodes, config.node_name()).await;
     }
+    let masq = setup_masq(config, &netconf, &lease).await?;
     if data_path.is_none() {
         warn!(
             "the {} data path is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
@@ -222,10 +225,36 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
             }
         }
     };
+    let keep_masq = masq::keep_rules(masq, masq::RESYNC_PERIOD, std::future::pending());
     tokio::select! {
         () = watch => Ok(()),
         result = drive => result,
+        () = keep_masq => Ok(()),
     }
+}
+
+/// Masquerade and forward rules for this lease (iptables, or nftables with
+/// `EnableNFTables`), replacing those of a previous lease or Network that
+/// the old subnet.env names. Kept in place every 5 s afterwards.
+async fn setup_masq(config: &Config, netconf: &NetConf, lease: &Lease) -> Result<MasqRules, Error> {
+    let desired = RuleSet::for_lease(
+        lease.ipv4.zip(netconf.active_ipv4_network()).map(|(l, n)| (n, l)),
+        lease.ipv6.zip(netconf.active_ipv6_network()).map(|(l, n)| (n, l)),
+        config.ip_masq(),
+        config.ipv6_masq(),
+    );
+    let kind = DriverKind::from_enable_nftables(netconf.enable_nftables);
+    let netns = config.netns().map(Path::to_path_buf);
+    // Read before anything rewrites it: it names the previous lease.
+    let previous = SubnetEnv::read(config.subnet_file()).ok();
+    let span = tracing::Span::current();
+    let (rules, _) = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| MasqRules::setup(kind, netns.as_deref(), desired, previous.as_ref()))
+    })
+    .await
+    .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
+    .map_err(|e| Error::new(Step::SetupMasq, e))?;
+    Ok(rules)
 }
 
 /// How often the data path is reconciled even without any trigger.
