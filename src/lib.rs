@@ -30,8 +30,8 @@ pub mod cni;
 pub mod config;
 pub mod files;
 pub mod kube_subnet;
-pub mod masq;
 mod mac;
+pub mod masq;
 pub mod netlink;
 mod task;
 

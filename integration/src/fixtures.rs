@@ -3,9 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use std::path::PathBuf;
+use std::process::Command;
+
+use flannel_embed::{Backend, Config, Handle};
 use k8s_openapi::api::core::v1::Node;
 
-use crate::apiserver::ready_node;
+use crate::apiserver::{ready_node, Options, TestApiServer};
+use crate::netns::TestNetns;
 
 /// flannel's default annotation prefix.
 pub const PREFIX: &str = "flannel.alpha.coreos.com/";
@@ -53,4 +58,139 @@ pub fn without(mut node: Node, key: &str) -> Node {
         map.remove(&format!("{PREFIX}{key}"));
     }
     node
+}
+
+/// Two nodes as in the seed article: `node-0` (192.168.1.12) and `node-1`
+/// (192.168.1.13) in their own network namespaces, joined by a veth "wire",
+/// with Node objects in a test API server (podCIDRs 10.42.<i>.0/24, plus
+/// fd00:42:0:<i>::/64 and uplink addresses fd00:1::12/13 when dual-stack).
+/// Each node's network task runs in this process, bound to its namespace.
+pub struct NodePair {
+    /// The API server both tasks talk to.
+    pub server: TestApiServer,
+    /// node-0 and node-1.
+    pub nodes: [TestNetns; 2],
+    backend: Backend,
+    cluster_cidr: String,
+    dir: tempfile::TempDir,
+}
+
+impl NodePair {
+    /// IPv4 only.
+    pub fn new(tag: &str, backend: Backend) -> NodePair {
+        NodePair::with_cluster_cidr(tag, backend, "10.42.0.0/16")
+    }
+
+    /// With the given `--cluster-cidr` (a dual-stack value adds IPv6 to the
+    /// wire and the Nodes).
+    pub fn with_cluster_cidr(tag: &str, backend: Backend, cluster_cidr: &str) -> NodePair {
+        let dual = cluster_cidr.contains(':');
+        let nodes = [
+            TestNetns::new(&format!("{tag}0")),
+            TestNetns::new(&format!("{tag}1")),
+        ];
+        let status = Command::new("ip")
+            .args([
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                nodes[0].name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                nodes[1].name(),
+            ])
+            .status()
+            .expect("ip runs");
+        assert!(status.success(), "creating the wire between the test nodes");
+        let server = TestApiServer::start(Options::default()).expect("test API server starts");
+        for (i, ns) in nodes.iter().enumerate() {
+            ns.ip(&[
+                "addr",
+                "add",
+                &format!("192.168.1.{}/24", 12 + i),
+                "dev",
+                "eth0",
+            ]);
+            if dual {
+                ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("fd00:1::{}/64", 12 + i),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ]);
+            }
+            ns.ip(&["link", "set", "eth0", "up"]);
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                "192.168.1.1",
+                "dev",
+                "eth0",
+                "onlink",
+            ]);
+            if dual {
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "fd00:1::1",
+                    "dev",
+                    "eth0",
+                    "onlink",
+                ]);
+            }
+            let mut node = ready_node(&format!("node-{i}"), Some(&format!("10.42.{i}.0/24")));
+            if dual {
+                if let Some(spec) = node.spec.as_mut() {
+                    spec.pod_cidrs = Some(vec![
+                        format!("10.42.{i}.0/24"),
+                        format!("fd00:42:0:{i}::/64"),
+                    ]);
+                }
+            }
+            server.create_node(node).expect("Node created");
+        }
+        NodePair {
+            server,
+            nodes,
+            backend,
+            cluster_cidr: cluster_cidr.to_string(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Where node `i`'s task writes subnet.env.
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("node-{i}/run/flannel/subnet.env"))
+    }
+
+    /// node `i`'s configuration.
+    pub fn config(&self, i: usize) -> Config {
+        Config::builder(format!("node-{i}"))
+            .backend(self.backend)
+            .cluster_cidr(&self.cluster_cidr)
+            .data_dir(self.dir.path().join(format!("node-{i}/data")))
+            .subnet_file(self.subnet_file(i))
+            .netns(self.nodes[i].path())
+            .build()
+            .expect("valid test config")
+    }
+
+    /// Starts node `i`'s network task (call inside a tokio runtime).
+    pub fn spawn(&self, i: usize) -> Handle {
+        flannel_embed::spawn(self.server.client().expect("client"), self.config(i))
+    }
 }

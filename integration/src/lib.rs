@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod cni_runner;
 pub mod fixtures;
+pub mod lab;
 pub mod netns;
 
 use std::io::Read;

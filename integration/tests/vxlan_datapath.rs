@@ -5,84 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use flannel_embed::{spawn, Config, Handle, Phase};
-use integration::apiserver::{ready_node, Options, TestApiServer};
-use integration::fixtures::PREFIX;
+use flannel_embed::{Backend, Handle, Phase};
+use integration::fixtures::{NodePair, PREFIX};
 use integration::netns::TestNetns;
-
-struct TwoNodes {
-    server: TestApiServer,
-    nodes: [TestNetns; 2],
-    dir: tempfile::TempDir,
-}
-
-impl TwoNodes {
-    /// node-0 at 192.168.1.12 and node-1 at 192.168.1.13, as in the seed.
-    fn new(tag: &str) -> TwoNodes {
-        let n0 = TestNetns::new(&format!("{tag}0"));
-        let n1 = TestNetns::new(&format!("{tag}1"));
-        let status = std::process::Command::new("ip")
-            .args([
-                "link",
-                "add",
-                "eth0",
-                "netns",
-                n0.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                n1.name(),
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        for (ns, addr) in [(&n0, "192.168.1.12/24"), (&n1, "192.168.1.13/24")] {
-            ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-            ns.ip(&["link", "set", "eth0", "up"]);
-            ns.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                "192.168.1.1",
-                "dev",
-                "eth0",
-                "onlink",
-            ]);
-        }
-        let server = TestApiServer::start(Options::default()).unwrap();
-        server
-            .create_node(ready_node("node-0", Some("10.42.0.0/24")))
-            .unwrap();
-        server
-            .create_node(ready_node("node-1", Some("10.42.1.0/24")))
-            .unwrap();
-        TwoNodes {
-            server,
-            nodes: [n0, n1],
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn subnet_file(&self, i: usize) -> std::path::PathBuf {
-        self.dir
-            .path()
-            .join(format!("node-{i}/run/flannel/subnet.env"))
-    }
-
-    fn spawn(&self, i: usize) -> Handle {
-        let config = Config::builder(format!("node-{i}"))
-            .data_dir(self.dir.path().join(format!("node-{i}/data")))
-            .subnet_file(self.subnet_file(i))
-            .netns(self.nodes[i].path())
-            .build()
-            .unwrap();
-        spawn(self.server.client().unwrap(), config)
-    }
-}
 
 /// Ready, and the other node programmed as a peer (the other agent may
 /// publish its annotations a moment after this one is ready).
@@ -122,7 +47,7 @@ fn vtep_mac(ns: &TestNetns) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_reproduce_the_seed_data_path() {
-    let lab = TwoNodes::new("vx");
+    let lab = NodePair::new("vx", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
     ready(&h0).await;
     ready(&h1).await;
@@ -186,6 +111,15 @@ async fn two_nodes_reproduce_the_seed_data_path() {
         "{}",
         String::from_utf8_lossy(&ping.stdout)
     );
+    // The agent's masquerade rules, as `iptables -t nat -S` shows them.
+    let nat = String::from_utf8(n0.exec("iptables", &["-t", "nat", "-S"]).stdout).unwrap();
+    for wanted in [
+        "-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG",
+        "-A FLANNEL-POSTRTG -s 10.42.0.0/24 -d 10.42.0.0/16 -m comment --comment \"flanneld masq\" -j RETURN",
+        "-A FLANNEL-POSTRTG -s 10.42.0.0/16 ! -d 224.0.0.0/4 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully",
+    ] {
+        assert!(nat.contains(wanted), "{wanted:?} not in\n{nat}");
+    }
     assert_eq!(h0.status().phase, Phase::Running);
     assert_eq!(h0.status().peers_programmed, 1);
 
@@ -199,7 +133,7 @@ async fn two_nodes_reproduce_the_seed_data_path() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
-    let lab = TwoNodes::new("vxf");
+    let lab = NodePair::new("vxf", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
     ready(&h0).await;
     ready(&h1).await;
@@ -304,7 +238,7 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_peers_deleted_while_stopped_are_removed_at_start() {
-    let lab = TwoNodes::new("vxs");
+    let lab = NodePair::new("vxs", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
     ready(&h0).await;
     ready(&h1).await;

@@ -353,7 +353,13 @@ mod tests {
             (spec.name.as_str(), spec.port, spec.mtu),
             ("flannel.4", 4789, 1400)
         );
-        let v6 = device_spec(&VxlanConf::default(), "fd00::12".parse().unwrap(), 2, 1500, mac);
+        let v6 = device_spec(
+            &VxlanConf::default(),
+            "fd00::12".parse().unwrap(),
+            2,
+            1500,
+            mac,
+        );
         assert_eq!((v6.name.as_str(), v6.mtu), ("flannel-v6.1", 1430));
     }
 }

@@ -21,12 +21,12 @@ use crate::backend::vxlan::{device_spec, DirectRouting};
 use crate::config::{BackendConf, Config, NetConf};
 use crate::files;
 use crate::files::SubnetEnv;
+use crate::kube_subnet::Lease;
 use crate::kube_subnet::{
     self, annotation_patch, desired_annotations, network_unavailable_patch, node_public_ip,
     stored_vtep_mac, vxlan_backend_data, AnnotationKeys, OwnAttrs, PeerContext, PeerSnapshot,
     HOST_GW_BACKEND_DATA,
 };
-use crate::kube_subnet::Lease;
 use crate::mac::MacAddr;
 use crate::masq::{self, DriverKind, MasqRules, RuleSet};
 use crate::netlink::{self, ExternalInterface, NetlinkHandle};
@@ -238,8 +238,14 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
 /// the old subnet.env names. Kept in place every 5 s afterwards.
 async fn setup_masq(config: &Config, netconf: &NetConf, lease: &Lease) -> Result<MasqRules, Error> {
     let desired = RuleSet::for_lease(
-        lease.ipv4.zip(netconf.active_ipv4_network()).map(|(l, n)| (n, l)),
-        lease.ipv6.zip(netconf.active_ipv6_network()).map(|(l, n)| (n, l)),
+        lease
+            .ipv4
+            .zip(netconf.active_ipv4_network())
+            .map(|(l, n)| (n, l)),
+        lease
+            .ipv6
+            .zip(netconf.active_ipv6_network())
+            .map(|(l, n)| (n, l)),
         config.ip_masq(),
         config.ipv6_masq(),
     );

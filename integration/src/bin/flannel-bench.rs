@@ -11,6 +11,8 @@ use flannel_embed::config::NetConf;
 use flannel_embed::kube_subnet::{watch_peers, AnnotationKeys, Lease, PeerContext, PeerSnapshot};
 use integration::apiserver::{ready_node, Options, TestApiServer};
 use integration::fixtures::{vxlan_peer, PREFIX};
+use integration::netns::TestNetns;
+use integration::workspace_bin;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -34,6 +36,17 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Cold sync: a `flannel-agent` process in a fresh namespace programs N
+    /// peers (API already up); the same entries through `ip -batch` and
+    /// `bridge -batch` in a twin namespace are the floor.
+    ColdSync {
+        /// Peer counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000u32, 5000, 10000, 20000])]
+        peers: Vec<u32>,
+        /// Runs per size, agent and floor interleaved (medians printed).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +64,15 @@ fn main() -> std::process::ExitCode {
     };
     match args.scenario {
         Scenario::Peers { nodes, runs } => runtime.block_on(peers(&nodes, runs.max(1))),
+        Scenario::ColdSync { peers, runs } => {
+            match runtime.block_on(cold_sync(&peers, runs.max(1))) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("flannel-bench: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
@@ -133,4 +155,221 @@ async fn peers(sizes: &[u32], runs: usize) -> std::process::ExitCode {
         );
     }
     std::process::ExitCode::SUCCESS
+}
+
+/// One kernel-programming measurement.
+struct Sample {
+    seconds: f64,
+    rss_mib: f64,
+    cpu_seconds: f64,
+}
+
+async fn cold_sync(sizes: &[u32], runs: usize) -> Result<(), String> {
+    let agent = workspace_bin("flannel-agent");
+    println!("cold sync: spawn -> kernel holds every entry (agent) vs ip/bridge -batch (floor), {runs} run(s), median");
+    println!(
+        "{:>7} {:>10} {:>10} {:>7} {:>12} {:>10}",
+        "peers", "agent s", "floor s", "ratio", "agent MiB", "agent cpu"
+    );
+    for &size in sizes {
+        let server = TestApiServer::start(Options::default()).map_err(|e| e.to_string())?;
+        server
+            .create_node(ready_node("bench-node", Some("10.42.0.0/24")))
+            .map_err(|e| e.to_string())?;
+        server
+            .create_nodes((1..=size).map(vxlan_peer))
+            .map_err(|e| e.to_string())?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let kubeconfig = server
+            .write_kubeconfig(dir.path())
+            .map_err(|e| e.to_string())?;
+        let netconf = dir.path().join("net-conf.json");
+        std::fs::write(
+            &netconf,
+            r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut agent_runs = Vec::new();
+        let mut floor_runs = Vec::new();
+        for run in 0..runs {
+            floor_runs.push(floor(size, dir.path(), run)?);
+            settle().await;
+            agent_runs.push(agent_run(&agent, size, dir.path(), &kubeconfig, &netconf, run).await?);
+            settle().await;
+        }
+        let agent = median(agent_runs.iter().map(|s| s.seconds).collect());
+        let floor = median(floor_runs.iter().map(|s| s.seconds).collect());
+        let rss = median(agent_runs.iter().map(|s| s.rss_mib).collect());
+        let cpu = median(agent_runs.iter().map(|s| s.cpu_seconds).collect());
+        println!(
+            "{:>7} {:>10.3} {:>10.3} {:>7.2} {:>12.1} {:>10.2}",
+            size,
+            agent,
+            floor,
+            agent / floor.max(1e-9),
+            rss,
+            cpu
+        );
+    }
+    Ok(())
+}
+
+/// Deleting a namespace with thousands of entries keeps the kernel busy for
+/// a while; let it finish before the next measurement.
+async fn settle() {
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The entries flannel programs for peer `i` (as `vxlan_peer(i)` announces).
+fn peer_entries(i: u32) -> (String, String, String) {
+    let lease_net = format!("10.{}.{}.0", 42 + i / 256, i % 256);
+    let mac = format!(
+        "0a:{:02x}:{:02x}:{:02x}:{:02x}:01",
+        (i >> 24) & 0xff,
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    );
+    let public = format!("192.168.{}.{}", (i / 250) % 256, i % 250 + 1);
+    (lease_net, mac, public)
+}
+
+fn floor(size: u32, dir: &std::path::Path, run: usize) -> Result<Sample, String> {
+    let ns = TestNetns::new("bfloor").with_uplink("192.168.255.1/16", "192.168.0.254");
+    ns.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "192.168.255.1",
+        "dev",
+        "eth0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    ns.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
+    ns.ip(&["addr", "add", "10.42.0.0/32", "dev", "flannel.1"]);
+    let mut ip_batch = String::new();
+    let mut bridge_batch = String::new();
+    for i in 1..=size {
+        let (net, mac, public) = peer_entries(i);
+        ip_batch += &format!("neigh replace {net} lladdr {mac} dev flannel.1 nud permanent\n");
+        ip_batch += &format!("route replace {net}/24 via {net} dev flannel.1 onlink proto 77\n");
+        bridge_batch += &format!("fdb replace {mac} dev flannel.1 dst {public} self permanent\n");
+    }
+    let ip_file = dir.join(format!("ip-batch-{run}"));
+    let bridge_file = dir.join(format!("bridge-batch-{run}"));
+    std::fs::write(&ip_file, ip_batch).map_err(|e| e.to_string())?;
+    std::fs::write(&bridge_file, bridge_batch).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    for (tool, file) in [("bridge", &bridge_file), ("ip", &ip_file)] {
+        let status = std::process::Command::new(tool)
+            .args(["-n", ns.name(), "-batch"])
+            .arg(file)
+            .status()
+            .map_err(|e| format!("{tool} -batch: {e}"))?;
+        if !status.success() {
+            return Err(format!("{tool} -batch failed in {}", ns.name()));
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let routes = count_routes(&ns);
+    if routes != size as usize {
+        return Err(format!("floor: {routes} routes instead of {size}"));
+    }
+    Ok(Sample {
+        seconds,
+        rss_mib: 0.0,
+        cpu_seconds: 0.0,
+    })
+}
+
+fn count_routes(ns: &TestNetns) -> usize {
+    ns.ip(&["route", "show", "proto", "77"]).lines().count()
+}
+
+async fn agent_run(
+    agent: &std::path::Path,
+    size: u32,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    netconf: &std::path::Path,
+    run: usize,
+) -> Result<Sample, String> {
+    let ns = TestNetns::new("bagent").with_uplink("192.168.255.1/16", "192.168.0.254");
+    let subnet_file = dir.join(format!("subnet-{run}.env"));
+    let started = Instant::now();
+    let mut child = std::process::Command::new(agent)
+        .arg("--node-name=bench-node")
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .arg(format!("--flannel-conf={}", netconf.display()))
+        .arg(format!("--netns={}", ns.path().display()))
+        .arg(format!(
+            "--data-dir={}",
+            dir.join(format!("data-{run}")).display()
+        ))
+        .arg(format!("--subnet-file={}", subnet_file.display()))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", agent.display()))?;
+    let pid = child.id();
+    // subnet.env appears after the first complete reconcile with every peer.
+    let deadline = started + Duration::from_secs(600);
+    while !subnet_file.exists() {
+        if Instant::now() > deadline || child.try_wait().map_err(|e| e.to_string())?.is_some() {
+            let _ = child.kill();
+            return Err(format!("the agent did not finish programming {size} peers"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (rss_mib, cpu_seconds) = process_usage(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let routes = count_routes(&ns);
+    if routes != size as usize {
+        return Err(format!("agent: {routes} routes instead of {size}"));
+    }
+    Ok(Sample {
+        seconds,
+        rss_mib,
+        cpu_seconds,
+    })
+}
+
+/// Peak RSS (VmHWM, MiB) and user+system CPU seconds of a process.
+fn process_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are
+    // the 14th and 15th fields overall.
+    let ticks: f64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
+    (hwm_kib / 1024.0, ticks / 100.0)
 }

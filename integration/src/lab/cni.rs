@@ -1,0 +1,43 @@
+//! Attaching a lab pod the way a container runtime on the node would: the
+//! conflist the node's agent wrote, read from its default path and run
+//! unchanged by the libcni-like runner, with the project's `flannel`
+//! plugin first on CNI_PATH. This part runs *inside* the node (its mounts
+//! and network namespace, see [`super::sandbox`]); `flannel-lab`'s hidden
+//! `cni` subcommand is its entry point.
+
+use std::path::{Path, PathBuf};
+
+use crate::cni_runner::{Attachment, ConfList, Runner};
+
+/// Where the agent (default `--data-dir`) writes the conflist.
+pub const CONFLIST: &str = "/var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.conflist";
+
+/// libcni's default cache directory.
+pub const CACHE_DIR: &str = "/var/lib/cni";
+
+/// Runs `command` (`ADD` or `DEL`) for `container_id` with namespace
+/// `netns`, plugins from `cni_path`. Returns the ADD result as JSON text
+/// (DEL: empty).
+pub fn run_on_node(
+    command: &str,
+    container_id: &str,
+    netns: &Path,
+    cni_path: Vec<PathBuf>,
+) -> Result<String, String> {
+    let text = std::fs::read_to_string(CONFLIST)
+        .map_err(|e| format!("reading the agent's conflist {CONFLIST}: {e}"))?;
+    let list = ConfList::parse(&text).map_err(|e| format!("{CONFLIST}: {e}"))?;
+    let runner = Runner::new(list, cni_path, Path::new(CACHE_DIR));
+    let attachment = Attachment::new(container_id, netns);
+    match command {
+        "ADD" => runner
+            .add(&attachment)
+            .map(|result| result.to_string())
+            .map_err(|e| format!("CNI ADD {container_id}: {e}")),
+        "DEL" => runner
+            .del(&attachment)
+            .map(|()| String::new())
+            .map_err(|e| format!("CNI DEL {container_id}: {e}")),
+        other => Err(format!("unknown CNI command {other:?} (ADD or DEL)")),
+    }
+}

@@ -1,0 +1,1279 @@
+//! The local multi-node lab: N "nodes" that are network namespaces on one
+//! machine, each running its own `flannel-agent` process against the test
+//! API server, with pods attached through the conflist each agent wrote.
+//! The `flannel-lab` binary and the lab e2e tests both drive it.
+//!
+//! # Layout (lab id `ID`, directory `DIR`)
+//!
+//! ```text
+//!  netns fl-ID-ul   bridge br0 192.168.1.1/24 (the underlay "switch" and
+//!                   the nodes' default gateway); port nI per node
+//!  netns fl-ID-nI   node I: eth0 192.168.1.(10+I)/24, default via .1;
+//!                   the agent programs flannel.1, cni0 comes with pods
+//!  netns fl-ID-nIpJ pod J on node I (eth0 from the bridge plugin)
+//!  DIR/state.json   what exists (namespaces, pids, API URL)
+//!  DIR/kubeconfig   for kubectl and the agents
+//!  DIR/logs/        apiserver.log, node-I.log
+//!  DIR/nodes/node-I/run      the node's /run      (run/flannel/subnet.env)
+//!  DIR/nodes/node-I/var-lib  the node's /var/lib  (cni/, rancher/k3s/)
+//! ```
+//!
+//! Nothing is created in the machine's own network namespace: every link,
+//! address and route lives in the lab's namespaces, and the only traffic
+//! outside them is the agents' and tools' API calls on 127.0.0.1.
+//!
+//! # Isolation
+//!
+//! The test API server listens on 127.0.0.1 in the machine's namespace.
+//! Each agent runs in that namespace too (so it reaches the server) with
+//! `--netns /run/netns/fl-ID-nI`: the library does all its netlink work in
+//! the node's namespace. The agent runs in a private mount namespace where
+//! the node's `run` and `var-lib` directories are mounted over `/run` and
+//! `/var/lib` (see [`sandbox`]), so it uses the default paths
+//! (`/run/flannel/subnet.env`, `/var/lib/rancher/k3s`) and still writes
+//! only into `DIR`. CNI plugins and `flannel-lab exec` run the same way but
+//! also inside the node's network namespace.
+//!
+//! ```no_run
+//! use integration::lab::{Lab, Options};
+//!
+//! let mut options = Options::for_tests("doc", std::path::Path::new("/tmp/doc-lab"));
+//! options.nodes = 2;
+//! let lab = Lab::up(&options, &mut |line| eprintln!("{line}")).unwrap();
+//! println!("{}", lab.status().unwrap().render());
+//! lab.down().unwrap();
+//! ```
+
+pub mod api;
+pub mod cni;
+pub mod kernel;
+pub mod process;
+pub mod report;
+pub mod sandbox;
+pub mod state;
+pub mod util;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, NodeAddress};
+
+use crate::apiserver::ready_node;
+use crate::fixtures::PREFIX;
+use api::NodeApi;
+use kernel::{PeerView, Snapshot};
+use process::{log_tail, spawn_background, ProcRef};
+use sandbox::NodeSandbox;
+use state::{LabState, NodeState, PodState, STATE_FILE};
+use util::{ip, ip_in, poll, run, Ipv4Cidr};
+
+pub use report::{NodeRow, PingMatrix, StatusTable};
+
+/// Default lab directory.
+pub const DEFAULT_DIR: &str = "/tmp/flannel-lab";
+/// Default lab id.
+pub const DEFAULT_ID: &str = "lab";
+/// Most nodes a lab can have (uplinks 192.168.1.10 to .249).
+pub const MAX_NODES: usize = 240;
+/// The underlay gateway (the bridge's address in the underlay namespace).
+pub const UNDERLAY_GATEWAY: &str = "192.168.1.1";
+/// Where Debian's containernetworking-plugins are.
+pub const SYSTEM_CNI_DIR: &str = crate::cni_runner::SYSTEM_CNI_DIR;
+
+/// Something the lab could not do, naming the step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct LabError {
+    /// What the lab was doing.
+    pub step: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl LabError {
+    /// An error in `step`.
+    pub fn new(step: &str, message: impl Into<String>) -> LabError {
+        LabError {
+            step: step.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How to build a lab.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lab id: part of every namespace name (`fl-<id>-n0`).
+    pub id: String,
+    /// Lab directory (state, logs, the nodes' files).
+    pub dir: PathBuf,
+    /// Number of nodes.
+    pub nodes: usize,
+    /// `--flannel-backend` for the agents.
+    pub backend: String,
+    /// `--cluster-cidr` (IPv4; node podCIDRs are its /24s in order).
+    pub cluster_cidr: String,
+    /// Pods attached per node (once the node's subnet.env exists).
+    pub pods_per_node: usize,
+    /// Nodes that get a namespace, an uplink and a Node object but no agent
+    /// and no pods (for peers set up by hand).
+    pub without_agent: BTreeSet<usize>,
+    /// How long to wait for each stage (annotations, subnet.env, peers).
+    pub wait: Duration,
+    /// Where the workspace binaries are.
+    pub bin_dir: PathBuf,
+    /// RUST_LOG for the agents.
+    pub rust_log: String,
+    /// Tear down a lab already set up in `dir` first instead of refusing.
+    pub replace: bool,
+}
+
+impl Options {
+    /// The defaults of `flannel-lab up` with binaries from `bin_dir`.
+    pub fn new(bin_dir: &Path) -> Options {
+        Options {
+            id: DEFAULT_ID.to_string(),
+            dir: PathBuf::from(DEFAULT_DIR),
+            nodes: 2,
+            backend: "vxlan".to_string(),
+            cluster_cidr: "10.42.0.0/16".to_string(),
+            pods_per_node: 1,
+            without_agent: BTreeSet::new(),
+            wait: Duration::from_secs(30),
+            bin_dir: bin_dir.to_path_buf(),
+            rust_log: "info".to_string(),
+            replace: false,
+        }
+    }
+
+    /// Options for a test: a unique id from `tag`, the directory `dir`
+    /// (e.g. a tempdir), the binaries next to the running test.
+    pub fn for_tests(tag: &str, dir: &Path) -> Options {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .take(8)
+            .collect();
+        let mut options = Options::new(&workspace_bin_dir());
+        options.id = format!(
+            "{tag}{}x{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        options.dir = dir.to_path_buf();
+        options.rust_log = "info,flannel_embed=debug".to_string();
+        options
+    }
+}
+
+/// The directory of the running test's (or tool's) executable, without a
+/// trailing `deps`: where `cargo build --workspace --bins` put the
+/// workspace binaries.
+pub fn workspace_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The namespace-name prefix of lab `id`.
+pub fn netns_prefix(id: &str) -> String {
+    format!("fl-{id}-")
+}
+
+/// The uplink address of node `index`.
+pub fn uplink_ip(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 1, (10 + index) as u8)
+}
+
+/// Every `ip netns` name.
+pub fn netns_list() -> Vec<String> {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The binaries the lab runs.
+const BINARIES: [&str; 4] = ["flannel-agent", "flannel", "test-apiserver", "flannel-lab"];
+/// Entries `up` creates in the lab directory (all `down` removes).
+const DIR_ENTRIES: [&str; 6] = [
+    STATE_FILE,
+    ".state.json.tmp",
+    "kubeconfig",
+    "apiserver.url",
+    "logs",
+    "nodes",
+];
+
+/// A running lab. Dropping a lab that [`Lab::up`] made tears it down
+/// unless [`Lab::keep`] was called; a lab from [`Lab::open`] is left alone.
+pub struct Lab {
+    state: LabState,
+    children: HashMap<u32, Child>,
+    api: OnceLock<NodeApi>,
+    rust_log: String,
+    teardown_on_drop: bool,
+}
+
+impl Lab {
+    // ------------------------------------------------------------- building
+
+    /// Builds the lab (see the module docs), reporting progress through
+    /// `progress`. On failure everything made so far is torn down.
+    pub fn up(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Lab, LabError> {
+        // Absolute paths: the agents get them on their command line.
+        let options = &Options {
+            dir: absolute(&options.dir),
+            bin_dir: absolute(&options.bin_dir),
+            ..options.clone()
+        };
+        let cluster = check_options(options)?;
+        prepare_dir(options, progress)?;
+        let run_netns_existed = Path::new("/run/netns").exists();
+        let mut lab = Lab {
+            state: LabState {
+                id: options.id.clone(),
+                dir: options.dir.clone(),
+                bin_dir: options.bin_dir.clone(),
+                backend: options.backend.clone(),
+                cluster_cidr: options.cluster_cidr.clone(),
+                underlay: None,
+                created_run_netns: !run_netns_existed,
+                apiserver: None,
+                api_url: None,
+                nodes: Vec::new(),
+                pods: Vec::new(),
+            },
+            children: HashMap::new(),
+            api: OnceLock::new(),
+            rust_log: options.rust_log.clone(),
+            teardown_on_drop: true,
+        };
+        lab.state.save()?;
+        // On an error, dropping `lab` tears down what exists so far.
+        match lab.build(options, cluster, progress) {
+            Ok(()) => Ok(lab),
+            Err(mut error) => {
+                progress("failed; removing what this `up` made");
+                drop(lab);
+                error
+                    .message
+                    .push_str(" (what this `up` had made is removed again)");
+                Err(error)
+            }
+        }
+    }
+
+    fn build(
+        &mut self,
+        options: &Options,
+        cluster: Ipv4Cidr,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<(), LabError> {
+        let started = Instant::now();
+        self.make_underlay()?;
+        progress(&format!(
+            "underlay: netns {} with bridge br0 {UNDERLAY_GATEWAY}/24",
+            self.underlay()
+        ));
+        for index in 0..options.nodes {
+            let pod_cidr = cluster
+                .slash24(index as u32)
+                .map(|c| c.to_string())
+                .ok_or_else(|| {
+                    LabError::new(
+                        "planning addresses",
+                        format!("{cluster} has no /24 for node {index}"),
+                    )
+                })?;
+            let node = NodeState {
+                index,
+                name: format!("node-{index}"),
+                netns: format!("{}n{index}", netns_prefix(&options.id)),
+                pod_cidr,
+                uplink_ip: uplink_ip(index).to_string(),
+                runs_agent: !options.without_agent.contains(&index),
+                agent: None,
+            };
+            self.state.nodes.push(node.clone());
+            self.state.save()?;
+            self.make_node(&node)?;
+            progress(&format!(
+                "{}: netns {}, eth0 {}/24 on the underlay, default via {UNDERLAY_GATEWAY}",
+                node.name, node.netns, node.uplink_ip
+            ));
+        }
+
+        self.start_apiserver()?;
+        progress(&format!(
+            "API server {} (kubectl --kubeconfig {})",
+            self.api_url(),
+            self.kubeconfig().display()
+        ));
+        for node in self.state.nodes.clone() {
+            self.api()?.create(&lab_node(&node))?;
+            progress(&format!(
+                "{}: Node created with podCIDR {}",
+                node.name, node.pod_cidr
+            ));
+        }
+
+        for node in self.state.nodes.clone() {
+            if node.runs_agent {
+                self.start_agent(node.index)?;
+                let pid = self.state.nodes[node.index]
+                    .agent
+                    .as_ref()
+                    .map_or(0, |p| p.pid);
+                progress(&format!(
+                    "{}: flannel-agent pid {pid} (log {})",
+                    node.name,
+                    self.agent_log(node.index).display()
+                ));
+            } else {
+                progress(&format!("{}: no agent (set up by hand)", node.name));
+            }
+        }
+
+        let agents: Vec<usize> = self.agent_nodes();
+        for &index in &agents {
+            let node = self.wait_published(index, options.wait)?;
+            let annotations = node.metadata.annotations.unwrap_or_default();
+            progress(&format!(
+                "{}: annotations published: public-ip {}, backend-data {}",
+                self.state.nodes[index].name,
+                annotations
+                    .get(&format!("{PREFIX}public-ip"))
+                    .map_or("-", String::as_str),
+                annotations
+                    .get(&format!("{PREFIX}backend-data"))
+                    .map_or("-", String::as_str),
+            ));
+        }
+
+        let mut with_subnet_env = Vec::new();
+        for &index in &agents {
+            let name = self.state.nodes[index].name.clone();
+            if self.wait_subnet_env(index, options.wait)? {
+                progress(&format!(
+                    "{name}: /run/flannel/subnet.env written by the agent"
+                ));
+                with_subnet_env.push(index);
+            } else {
+                progress(&format!(
+                    "{name}: the agent wrote no /run/flannel/subnet.env within {:?} (see {}), so no pods are attached on this node",
+                    options.wait,
+                    self.agent_log(index).display()
+                ));
+            }
+        }
+
+        for &index in &with_subnet_env {
+            for pod in 0..options.pods_per_node {
+                let attached = self.attach_pod(index, pod)?;
+                progress(&format!(
+                    "{}: pod {} has {}",
+                    self.state.nodes[index].name,
+                    attached.name,
+                    attached.ip.as_deref().unwrap_or("no address")
+                ));
+            }
+        }
+
+        if agents.len() > 1 {
+            let table = self.wait_peers_programmed(options.wait);
+            for row in &table.rows {
+                if row.agent.is_some() {
+                    progress(&format!(
+                        "{}: peers programmed {}/{}",
+                        row.name, row.peers_programmed, row.peers_expected
+                    ));
+                }
+            }
+        }
+        progress(&format!(
+            "lab {} up in {:.1?}",
+            self.state.id,
+            started.elapsed()
+        ));
+        Ok(())
+    }
+
+    fn make_underlay(&mut self) -> Result<(), LabError> {
+        let netns = format!("{}ul", netns_prefix(&self.state.id));
+        let step = format!("creating the underlay namespace {netns}");
+        ip(&step, &["netns", "add", &netns])?;
+        self.state.underlay = Some(netns.clone());
+        self.state.save()?;
+        ip_in(&step, &netns, &["link", "set", "lo", "up"])?;
+        ip_in(&step, &netns, &["link", "add", "br0", "type", "bridge"])?;
+        ip_in(
+            &step,
+            &netns,
+            &[
+                "addr",
+                "add",
+                &format!("{UNDERLAY_GATEWAY}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
+        ip_in(&step, &netns, &["link", "set", "br0", "up"])?;
+        Ok(())
+    }
+
+    fn make_node(&mut self, node: &NodeState) -> Result<(), LabError> {
+        let step = format!("creating node {} (namespace {})", node.name, node.netns);
+        let underlay = self.underlay().to_string();
+        let port = format!("n{}", node.index);
+        ip(&step, &["netns", "add", &node.netns])?;
+        let ns = node.netns.as_str();
+        ip_in(&step, ns, &["link", "set", "lo", "up"])?;
+        ip_in(
+            &step,
+            ns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns", &underlay,
+            ],
+        )?;
+        ip_in(
+            &step,
+            &underlay,
+            &["link", "set", &port, "master", "br0", "up"],
+        )?;
+        ip_in(
+            &step,
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", node.uplink_ip),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip_in(&step, ns, &["link", "set", "eth0", "up"])?;
+        ip_in(
+            &step,
+            ns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                UNDERLAY_GATEWAY,
+                "dev",
+                "eth0",
+            ],
+        )?;
+        // What k3s's agent does on a node before flannel starts.
+        run(
+            &step,
+            Command::new("ip").args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ]),
+        )?;
+        self.sandbox(node.index)
+            .prepare()
+            .map_err(|e| LabError::new(&step, format!("node directory: {e}")))?;
+        std::fs::create_dir_all(self.state.dir.join("logs"))
+            .map_err(|e| LabError::new(&step, format!("logs directory: {e}")))?;
+        Ok(())
+    }
+
+    fn start_apiserver(&mut self) -> Result<(), LabError> {
+        let step = "starting the test API server";
+        let url_file = self.state.dir.join("apiserver.url");
+        let mut command = Command::new(self.bin("test-apiserver"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--kubeconfig"])
+            .arg(self.kubeconfig());
+        let (proc, child) = spawn_background(
+            "test-apiserver",
+            command,
+            Some(&url_file),
+            &self.state.dir.join("logs/apiserver.log"),
+        )?;
+        self.children.insert(proc.pid, child);
+        self.state.apiserver = Some(proc.clone());
+        self.state.save()?;
+        let url = poll(Duration::from_secs(15), || {
+            let text = std::fs::read_to_string(&url_file).ok()?;
+            let line = text.lines().next()?.trim().to_string();
+            (text.contains('\n') && line.starts_with("http://")).then_some(line)
+        })
+        .ok_or_else(|| {
+            LabError::new(
+                step,
+                format!(
+                    "no URL within 15 s (running: {}); log:\n{}",
+                    proc.alive(),
+                    log_tail(&self.state.dir.join("logs/apiserver.log"), 20)
+                ),
+            )
+        })?;
+        self.state.api_url = Some(url);
+        self.state.save()?;
+        Ok(())
+    }
+
+    fn wait_published(&self, index: usize, limit: Duration) -> Result<Node, LabError> {
+        let name = self.state.nodes[index].name.clone();
+        let step = format!("waiting for {name}'s flannel annotations");
+        let key = format!("{PREFIX}public-ip");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(node) = self.api()?.get(&name)? {
+                let has = node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .is_some_and(|a| a.contains_key(&key));
+                if has {
+                    return Ok(node);
+                }
+            }
+            if !self.agent_running(index) {
+                return Err(LabError::new(
+                    &step,
+                    format!(
+                        "the agent exited; its log ({}):\n{}",
+                        self.agent_log(index).display(),
+                        log_tail(&self.agent_log(index), 30)
+                    ),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(LabError::new(
+                    &step,
+                    format!(
+                        "none after {limit:?}; the agent's log ({}):\n{}",
+                        self.agent_log(index).display(),
+                        log_tail(&self.agent_log(index), 30)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `limit` for node `index`'s `/run/flannel/subnet.env`;
+    /// an error if the agent exits meanwhile.
+    pub fn wait_subnet_env(&self, index: usize, limit: Duration) -> Result<bool, LabError> {
+        let path = self.sandbox(index).subnet_env();
+        let deadline = Instant::now() + limit;
+        loop {
+            if path.exists() {
+                return Ok(true);
+            }
+            let node = &self.state.nodes[index];
+            if node.runs_agent && !self.agent_running(index) {
+                return Err(LabError::new(
+                    &format!("waiting for {}'s subnet.env", node.name),
+                    format!(
+                        "the agent exited; its log:\n{}",
+                        log_tail(&self.agent_log(index), 30)
+                    ),
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls the status until every agent node has every peer programmed
+    /// (or `limit` passes) and returns the last status.
+    pub fn wait_peers_programmed(&self, limit: Duration) -> StatusTable {
+        let mut last = None;
+        let done = poll(limit, || {
+            let table = self.status().ok()?;
+            let complete = table
+                .rows
+                .iter()
+                .filter(|r| r.agent.is_some())
+                .all(|r| r.peers_expected > 0 && r.peers_programmed == r.peers_expected);
+            if complete {
+                Some(table)
+            } else {
+                last = Some(table);
+                None
+            }
+        });
+        done.or(last).unwrap_or_default()
+    }
+
+    // ------------------------------------------------------------- opening
+
+    /// The lab whose state is in `dir` (for `status`, `exec`, `down` from
+    /// another process). Dropping it leaves the lab running.
+    pub fn open(dir: &Path) -> Result<Lab, LabError> {
+        let state = LabState::load(dir)?.ok_or_else(|| {
+            LabError::new(
+                "opening the lab",
+                format!(
+                    "no lab in {} (no {STATE_FILE}); start one with `flannel-lab up`",
+                    dir.display()
+                ),
+            )
+        })?;
+        Ok(Lab {
+            state,
+            children: HashMap::new(),
+            api: OnceLock::new(),
+            rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+            teardown_on_drop: false,
+        })
+    }
+
+    /// Leaves the lab running when this value is dropped (what
+    /// `flannel-lab up` does before it exits).
+    pub fn keep(mut self) {
+        self.teardown_on_drop = false;
+        // The children run on in their own sessions; init reaps them.
+        self.children.clear();
+    }
+
+    // ------------------------------------------------------------- tearing down
+
+    /// Stops every process, deletes every namespace and removes what the lab
+    /// wrote to its directory. Returns what could not be removed (empty:
+    /// nothing is left).
+    pub fn down(mut self) -> Result<Vec<String>, LabError> {
+        self.teardown_on_drop = false;
+        let problems = self.teardown();
+        if problems.is_empty() {
+            Ok(problems)
+        } else {
+            Err(LabError::new("tearing down the lab", problems.join("; ")))
+        }
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for index in 0..self.state.nodes.len() {
+            self.stop_agent(index);
+        }
+        if let Some(proc) = self.state.apiserver.take() {
+            let child = self.children.get_mut(&proc.pid);
+            proc.stop(Duration::from_secs(5), child);
+            if proc.alive() {
+                problems.push(format!("test-apiserver pid {} still runs", proc.pid));
+            }
+        }
+        self.api = OnceLock::new();
+        problems.extend(remove_leftovers(&self.state.id, &self.state.dir));
+        if self.state.created_run_netns {
+            remove_run_netns_if_unused();
+        }
+        problems
+    }
+
+    // ------------------------------------------------------------- accessors
+
+    /// The lab's state (nodes, pods, processes).
+    pub fn state(&self) -> &LabState {
+        &self.state
+    }
+
+    /// The lab id.
+    pub fn id(&self) -> &str {
+        &self.state.id
+    }
+
+    /// The lab directory.
+    pub fn dir(&self) -> &Path {
+        &self.state.dir
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NodeState] {
+        &self.state.nodes
+    }
+
+    /// Node `index`.
+    pub fn node(&self, index: usize) -> &NodeState {
+        &self.state.nodes[index]
+    }
+
+    /// The pods.
+    pub fn pods(&self) -> &[PodState] {
+        &self.state.pods
+    }
+
+    /// The pods on node `index`.
+    pub fn pods_on(&self, index: usize) -> Vec<&PodState> {
+        self.state.pods.iter().filter(|p| p.node == index).collect()
+    }
+
+    /// The underlay namespace.
+    pub fn underlay(&self) -> &str {
+        self.state.underlay.as_deref().unwrap_or_default()
+    }
+
+    /// The API server's URL.
+    pub fn api_url(&self) -> &str {
+        self.state.api_url.as_deref().unwrap_or_default()
+    }
+
+    /// The kubeconfig for the lab's API server.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state.dir.join("kubeconfig")
+    }
+
+    /// Node `index`'s agent log.
+    pub fn agent_log(&self, index: usize) -> PathBuf {
+        self.state
+            .dir
+            .join("logs")
+            .join(format!("{}.log", self.state.nodes[index].name))
+    }
+
+    /// Node `index`'s filesystem view (`/run`, `/var/lib` stand-ins).
+    pub fn sandbox(&self, index: usize) -> NodeSandbox {
+        let node = &self.state.nodes[index];
+        NodeSandbox::new(&node.netns, &self.state.dir.join("nodes").join(&node.name))
+    }
+
+    /// The node index for `name`: `node-0`, `0`, `n0` or the namespace.
+    pub fn find_node(&self, name: &str) -> Option<usize> {
+        self.state.nodes.iter().position(|n| {
+            n.name == name
+                || n.netns == name
+                || n.index.to_string() == name
+                || format!("n{}", n.index) == name
+        })
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.state.bin_dir.join(name)
+    }
+
+    /// The agent nodes (indices).
+    pub fn agent_nodes(&self) -> Vec<usize> {
+        self.state
+            .nodes
+            .iter()
+            .filter(|n| n.runs_agent)
+            .map(|n| n.index)
+            .collect()
+    }
+
+    /// The Node API client (connected on first use).
+    pub fn api(&self) -> Result<&NodeApi, LabError> {
+        if let Some(api) = self.api.get() {
+            return Ok(api);
+        }
+        let api = NodeApi::connect(self.api_url())?;
+        Ok(self.api.get_or_init(|| api))
+    }
+
+    // ------------------------------------------------------------- agents
+
+    /// Starts node `index`'s agent (again).
+    pub fn start_agent(&mut self, index: usize) -> Result<(), LabError> {
+        let node = self.state.nodes[index].clone();
+        if self.agent_running(index) {
+            return Ok(());
+        }
+        let sandbox = self.sandbox(index);
+        let args: Vec<String> = vec![
+            "--node-name".into(),
+            node.name.clone(),
+            "--kubeconfig".into(),
+            self.kubeconfig().to_string_lossy().into_owned(),
+            "--netns".into(),
+            format!("/run/netns/{}", node.netns),
+            "--flannel-backend".into(),
+            self.state.backend.clone(),
+            "--cluster-cidr".into(),
+            self.state.cluster_cidr.clone(),
+        ];
+        let mut command = sandbox.files_only(self.bin("flannel-agent"), &args);
+        command.env("RUST_LOG", &self.rust_log);
+        let (proc, child) = spawn_background(
+            &format!("flannel-agent {}", node.name),
+            command,
+            None,
+            &self.agent_log(index),
+        )?;
+        self.children.insert(proc.pid, child);
+        self.state.nodes[index].agent = Some(proc);
+        self.state.save()
+    }
+
+    /// Stops node `index`'s agent (SIGTERM; the task leaves the data path
+    /// in place), SIGKILL after 5 s.
+    pub fn stop_agent(&mut self, index: usize) {
+        if let Some(proc) = self.state.nodes[index].agent.take() {
+            let mut child = self.children.remove(&proc.pid);
+            proc.stop(Duration::from_secs(5), child.as_mut());
+            let _ = self.state.save();
+        }
+    }
+
+    /// Whether node `index`'s agent runs.
+    pub fn agent_running(&self, index: usize) -> bool {
+        self.state.nodes[index]
+            .agent
+            .as_ref()
+            .is_some_and(ProcRef::alive)
+    }
+
+    // ------------------------------------------------------------- nodes
+
+    /// A command run inside node `index` (its mounts and network
+    /// namespace): what `flannel-lab exec` runs.
+    pub fn node_command(&self, index: usize, program: &str, args: &[&str]) -> Command {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        self.sandbox(index).inside(program, &args)
+    }
+
+    /// Runs a command inside node `index` and returns its output.
+    pub fn exec(&self, index: usize, program: &str, args: &[&str]) -> Result<Output, LabError> {
+        util::output(
+            &format!("running {program} in {}", self.state.nodes[index].name),
+            &mut self.node_command(index, program, args),
+        )
+    }
+
+    /// `ip -n <node netns> <args>`.
+    pub fn ip(&self, index: usize, args: &[&str]) -> Result<String, LabError> {
+        let node = &self.state.nodes[index];
+        ip_in(&format!("ip on {}", node.name), &node.netns, args)
+    }
+
+    /// Node `index`'s subnet.env, as the agent wrote it.
+    pub fn subnet_env(&self, index: usize) -> Option<String> {
+        std::fs::read_to_string(self.sandbox(index).subnet_env()).ok()
+    }
+
+    /// Node `index`'s kernel state (flannel.1, routes, neighbours, FDB).
+    pub fn kernel(&self, index: usize) -> Result<Snapshot, LabError> {
+        Snapshot::read(&self.state.nodes[index].netns)
+    }
+
+    /// The Node object of node `index` (None once deleted).
+    pub fn node_object(&self, index: usize) -> Result<Option<Node>, LabError> {
+        self.api()?.get(&self.state.nodes[index].name)
+    }
+
+    /// How node `index` appears to its peers (from its Node object), if it
+    /// publishes everything a peer needs.
+    pub fn peer_view(&self, index: usize) -> Result<Option<PeerView>, LabError> {
+        Ok(self.node_object(index)?.as_ref().and_then(peer_view))
+    }
+
+    /// `kubectl --kubeconfig <lab kubeconfig> <args>`.
+    pub fn kubectl(&self, args: &[&str]) -> Result<Output, LabError> {
+        util::output(
+            "running kubectl",
+            Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(self.kubeconfig())
+                .args(args),
+        )
+    }
+
+    // ------------------------------------------------------------- pods
+
+    /// Creates pod `pod` on node `index` (namespace `fl-<id>-n<i>p<j>`) and
+    /// attaches it with the node's conflist (CNI ADD inside the node).
+    pub fn attach_pod(&mut self, index: usize, pod: usize) -> Result<PodState, LabError> {
+        let node = self.state.nodes[index].clone();
+        let name = format!("{}p{pod}", node.netns);
+        let step = format!("attaching pod {name} on {}", node.name);
+        ip(&step, &["netns", "add", &name])?;
+        let mut state = PodState {
+            name: name.clone(),
+            node: index,
+            container_id: name.clone(),
+            ip: None,
+        };
+        self.state.pods.push(state.clone());
+        self.state.save()?;
+        ip_in(&step, &name, &["link", "set", "lo", "up"])?;
+        let cni_path =
+            std::env::join_paths([self.state.bin_dir.clone(), PathBuf::from(SYSTEM_CNI_DIR)])
+                .map_err(|e| LabError::new(&step, format!("CNI_PATH: {e}")))?;
+        let args = vec![
+            "cni".to_string(),
+            "ADD".to_string(),
+            "--container-id".to_string(),
+            name.clone(),
+            "--netns".to_string(),
+            format!("/run/netns/{name}"),
+            "--cni-path".to_string(),
+            cni_path.to_string_lossy().into_owned(),
+        ];
+        let output = util::output(
+            &step,
+            &mut self.sandbox(index).inside(self.bin("flannel-lab"), &args),
+        )?;
+        if !output.status.success() {
+            return Err(LabError::new(
+                &step,
+                format!(
+                    "CNI ADD failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            ));
+        }
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .map_err(|e| LabError::new(&step, format!("CNI result is not JSON: {e}")))?;
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .ok_or_else(|| LabError::new(&step, format!("CNI result has no address: {result}")))?
+            .to_string();
+        state.ip = Some(ip);
+        if let Some(saved) = self.state.pods.iter_mut().find(|p| p.name == name) {
+            *saved = state.clone();
+        }
+        self.state.save()?;
+        Ok(state)
+    }
+
+    /// A command run inside pod `name`'s network namespace.
+    pub fn pod_command(&self, pod: &str, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", pod, program]).args(args);
+        command
+    }
+
+    /// Whether pod `pod` gets an answer to a ping to `ip` within 3 s.
+    pub fn ping(&self, pod: &str, ip: &str) -> bool {
+        self.pod_command(pod, "ping", &["-c", "1", "-i", "0.2", "-w", "3", "-q", ip])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    // ------------------------------------------------------------- reports
+
+    /// The status table: per node its podCIDR, public IP, VtepMAC and how
+    /// many peers its kernel has fully programmed.
+    pub fn status(&self) -> Result<StatusTable, LabError> {
+        report::status(self)
+    }
+
+    /// Pings between every two pods on different nodes.
+    pub fn ping_matrix(&self) -> PingMatrix {
+        report::ping_matrix(self)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.teardown_on_drop {
+            self.teardown_on_drop = false;
+            for problem in self.teardown() {
+                eprintln!("flannel lab {}: teardown: {problem}", self.state.id);
+            }
+        }
+    }
+}
+
+/// A Node as the lab registers it: kubelet's Ready Node with the uplink as
+/// InternalIP and the podCIDR kube-controller-manager would assign.
+pub fn lab_node(node: &NodeState) -> Node {
+    let mut object = ready_node(&node.name, Some(&node.pod_cidr));
+    if let Some(status) = object.status.as_mut() {
+        status.addresses = Some(vec![
+            NodeAddress {
+                type_: "InternalIP".into(),
+                address: node.uplink_ip.clone(),
+            },
+            NodeAddress {
+                type_: "Hostname".into(),
+                address: node.name.clone(),
+            },
+        ]);
+    }
+    if let Some(spec) = object.spec.as_mut() {
+        spec.provider_id = Some(format!("k3s://{}", node.name));
+    }
+    object
+}
+
+/// What a Node publishes for its peers (podCIDR, VtepMAC, public IP).
+pub fn peer_view(node: &Node) -> Option<PeerView> {
+    let annotations: &BTreeMap<String, String> = node.metadata.annotations.as_ref()?;
+    let pod_cidr = node.spec.as_ref()?.pod_cidr.clone()?;
+    let public_ip = annotations.get(&format!("{PREFIX}public-ip"))?.clone();
+    let data: serde_json::Value =
+        serde_json::from_str(annotations.get(&format!("{PREFIX}backend-data"))?).ok()?;
+    let vtep_mac = data["VtepMAC"].as_str().unwrap_or_default().to_string();
+    Some(PeerView {
+        pod_cidr,
+        vtep_mac,
+        public_ip,
+    })
+}
+
+fn check_options(options: &Options) -> Result<Ipv4Cidr, LabError> {
+    let step = "checking the lab options";
+    let bad = |message: String| Err(LabError::new(step, message));
+    if options.id.is_empty()
+        || options.id.len() > 24
+        || !options
+            .id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return bad(format!(
+            "--id {:?}: use 1 to 24 lowercase letters and digits",
+            options.id
+        ));
+    }
+    if options.nodes == 0 || options.nodes > MAX_NODES {
+        return bad(format!("--nodes {}: use 1 to {MAX_NODES}", options.nodes));
+    }
+    let cluster = Ipv4Cidr::parse(&options.cluster_cidr)
+        .map_err(|e| LabError::new(step, format!("--cluster-cidr {e}")))?;
+    if cluster.slash24_count() < options.nodes as u64 {
+        return bad(format!(
+            "--cluster-cidr {cluster} holds {} node /24s, fewer than --nodes {}",
+            cluster.slash24_count(),
+            options.nodes
+        ));
+    }
+    if let Some(&index) = options.without_agent.iter().find(|&&i| i >= options.nodes) {
+        return bad(format!("node {index} without agent does not exist"));
+    }
+    let dir = absolute(&options.dir);
+    for hidden in ["/run", "/var/run", "/var/lib"] {
+        if dir.starts_with(hidden) {
+            return bad(format!(
+                "--dir {}: the lab mounts each node's own directories over {hidden} inside the node, so the lab directory cannot be under it; use e.g. {DEFAULT_DIR}",
+                dir.display()
+            ));
+        }
+    }
+    for name in BINARIES {
+        let path = options.bin_dir.join(name);
+        if !path.is_file() {
+            return bad(format!(
+                "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`, or integration/lab.sh)",
+                path.display()
+            ));
+        }
+    }
+    for plugin in ["bridge", "host-local", "portmap", "bandwidth"] {
+        if !Path::new(SYSTEM_CNI_DIR).join(plugin).is_file() {
+            return bad(format!(
+                "{SYSTEM_CNI_DIR}/{plugin} is missing: install containernetworking-plugins (bash .ci/install-deps)"
+            ));
+        }
+    }
+    for tool in [
+        "ip", "bridge", "unshare", "setsid", "mount", "sysctl", "ping",
+    ] {
+        let found = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            return bad(format!(
+                "`{tool}` is not on PATH: install iproute2, util-linux, procps and iputils-ping (bash .ci/install-deps)"
+            ));
+        }
+    }
+    Ok(cluster)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    }
+}
+
+fn prepare_dir(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<(), LabError> {
+    let dir = &options.dir;
+    let step = format!("preparing the lab directory {}", dir.display());
+    if let Some(previous) = LabState::load(dir)? {
+        if !options.replace {
+            return Err(LabError::new(
+                &step,
+                format!(
+                    "a lab (id {}, {} nodes) is already set up here: run `flannel-lab down --dir {}` first, or `flannel-lab up --replace`",
+                    previous.id,
+                    previous.nodes.len(),
+                    dir.display()
+                ),
+            ));
+        }
+        progress(&format!(
+            "tearing down the previous lab {} first (--replace)",
+            previous.id
+        ));
+        Lab::open(dir)?.down()?;
+    }
+    let prefix = netns_prefix(&options.id);
+    let stale: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    if !stale.is_empty() {
+        return Err(LabError::new(
+            &step,
+            format!(
+                "network namespaces of an earlier lab with id {} exist ({}): run `flannel-lab down --id {}` or choose another --id",
+                options.id,
+                stale.join(", "),
+                options.id
+            ),
+        ));
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let foreign: Vec<String> = entries
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| !DIR_ENTRIES.contains(&name.as_str()))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(LabError::new(
+                &step,
+                format!(
+                    "it holds files that are not the lab's ({}): choose an empty or new --dir",
+                    foreign.join(", ")
+                ),
+            ));
+        }
+        // Leftovers of a lab that crashed before it saved its state.
+        for entry in DIR_ENTRIES {
+            remove_path(&dir.join(entry));
+        }
+    }
+    std::fs::create_dir_all(dir.join("logs"))
+        .and_then(|()| std::fs::create_dir_all(dir.join("nodes")))
+        .map_err(|e| LabError::new(&step, e.to_string()))
+}
+
+fn remove_path(path: &Path) -> Option<String> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    result
+        .err()
+        .map(|e| format!("cannot remove {}: {e}", path.display()))
+}
+
+/// Removes what a lab `id` in `dir` may have left: its processes (found by
+/// their `--kubeconfig <dir>/kubeconfig` argument), its namespaces
+/// (`fl-<id>-*`) and its files in `dir`. Returns what could not be
+/// removed. `flannel-lab down` uses it also when the state file is gone.
+pub fn remove_leftovers(id: &str, dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let kubeconfig = absolute(dir).join("kubeconfig");
+    for proc in processes_mentioning(&kubeconfig.to_string_lossy()) {
+        proc.stop(Duration::from_secs(5), None);
+        if proc.alive() {
+            problems.push(format!("{} (pid {}) still runs", proc.what, proc.pid));
+        }
+    }
+    let prefix = netns_prefix(id);
+    for netns in netns_list().into_iter().filter(|n| n.starts_with(&prefix)) {
+        if let Err(e) = ip("deleting namespaces", &["netns", "del", &netns]) {
+            problems.push(e.to_string());
+        }
+    }
+    for entry in DIR_ENTRIES {
+        problems.extend(remove_path(&dir.join(entry)));
+    }
+    if dir.exists() && std::fs::remove_dir(dir).is_err() {
+        let left: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !left.is_empty() {
+            problems.push(format!(
+                "{} still holds files that are not the lab's: {}",
+                dir.display(),
+                left.join(", ")
+            ));
+        }
+    }
+    problems
+}
+
+/// Processes whose command line has an argument equal to `arg` (the lab's
+/// kubeconfig path: its API server and agents, and nothing else).
+fn processes_mentioning(arg: &str) -> Vec<ProcRef> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    let own = std::process::id();
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if !args.contains(&arg.as_bytes()) {
+            continue;
+        }
+        let what = args
+            .first()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .unwrap_or_default();
+        if let Some(start_time) = process::start_time(pid) {
+            found.push(ProcRef {
+                pid,
+                start_time,
+                what,
+            });
+        }
+    }
+    found
+}
+
+/// `/run/netns` when `ip netns add` made it for this lab and nothing else
+/// uses it any more: unmounted and removed, as on a fresh machine.
+fn remove_run_netns_if_unused() {
+    let dir = Path::new("/run/netns");
+    let empty = std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none());
+    if empty {
+        let _ = Command::new("umount").arg(dir).output();
+        let _ = std::fs::remove_dir(dir);
+    }
+}
