@@ -21,6 +21,26 @@ async fn ready_with_peer(handle: &Handle) {
     .expect("the task is running");
 }
 
+/// The route to `dst` as `ip route` prints it, if any.
+fn route_to(ns: &TestNetns, dst: &str) -> Option<String> {
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "show"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(dst))
+        .map(str::to_string)
+}
+
+/// Whether an `ip route` line means `via <via> dev <dev> proto 77
+/// [onlink]`, plain or through a nexthop object (`... nhid N via ...`).
+fn means(line: &str, via: &str, dev: &str, onlink: bool) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
+    after("via") == Some(via)
+        && after("dev") == Some(dev)
+        && after("proto") == Some("77")
+        && words.contains(&"onlink") == onlink
+}
+
 /// Pings until it answers (IPv6 addresses may still be settling).
 async fn pings(ns: &TestNetns, target: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -44,14 +64,14 @@ async fn host_gw_routes_via_the_peer_uplink() {
     ready_with_peer(&h0).await;
     ready_with_peer(&h1).await;
     let [n0, n1] = &pair.nodes;
-    let routes = n0.ip(&["route", "show"]);
+    let route = route_to(n0, "10.42.1.0/24").unwrap_or_default();
     assert!(
-        routes.contains("10.42.1.0/24 via 192.168.1.13 dev eth0 proto 77"),
-        "{routes}"
+        means(&route, "192.168.1.13", "eth0", false),
+        "{route:?} in\n{}",
+        n0.ip(&["route", "show"])
     );
-    assert!(n1
-        .ip(&["route", "show"])
-        .contains("10.42.0.0/24 via 192.168.1.12 dev eth0 proto 77"));
+    let route = route_to(n1, "10.42.0.0/24").unwrap_or_default();
+    assert!(means(&route, "192.168.1.12", "eth0", false), "{route:?}");
     assert!(
         !n0.ip(&["link", "show"]).contains("flannel."),
         "host-gw makes no device"
@@ -76,10 +96,7 @@ async fn host_gw_routes_via_the_peer_uplink() {
     // A deleted route comes back.
     n0.ip(&["route", "del", "10.42.1.0/24"]);
     let start = Instant::now();
-    while !n0
-        .ip(&["route", "show"])
-        .contains("10.42.1.0/24 via 192.168.1.13")
-    {
+    while !route_to(n0, "10.42.1.0/24").is_some_and(|l| means(&l, "192.168.1.13", "eth0", false)) {
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "host-gw route not restored"
@@ -136,14 +153,11 @@ async fn dual_stack_vxlan_carries_both_families() {
         let link = n0.ip(&["-d", "link", "show", device]);
         assert!(link.contains(mtu) && link.contains(wanted), "{link}");
     }
-    let routes6 = n0.ip(&["-6", "route", "show", "dev", "flannel-v6.1"]);
-    let route6 = routes6
-        .lines()
-        .find(|l| l.starts_with("fd00:42:0:1::/64 "))
-        .unwrap_or_default();
+    let route6 = route_to(n0, "fd00:42:0:1::/64").unwrap_or_default();
     assert!(
-        route6.contains("via fd00:42:0:1:: proto 77") && route6.contains("onlink"),
-        "{routes6}"
+        means(&route6, "fd00:42:0:1::", "flannel-v6.1", true),
+        "{route6:?} in\n{}",
+        n0.ip(&["-6", "route", "show"])
     );
     assert!(pings(n0, "10.42.1.0").await, "IPv4 across the tunnel");
     assert!(pings(n0, "fd00:42:0:1::").await, "IPv6 across the tunnel");

@@ -444,6 +444,24 @@ fn a_failed_up_removes_what_it_made() {
     options.nodes = 3;
     let error = Lab::up(&options, &mut |_| {}).err().unwrap();
     assert!(error.message.contains("fewer than --nodes 3"), "{error}");
+    options.cluster_cidr = "10.42.0.0/16,fd00:42::/63".into();
+    let error = Lab::up(&options, &mut |_| {}).err().unwrap();
+    assert!(
+        error
+            .message
+            .contains("fd00:42::/63 holds 2 node /64s, fewer than --nodes 3"),
+        "{error}"
+    );
+    options.cluster_cidr = "fd00:42::/56".into();
+    let error = Lab::up(&options, &mut |_| {}).err().unwrap();
+    assert!(
+        error.message.contains("needs an IPv4 cluster CIDR"),
+        "{error}"
+    );
+    options.cluster_cidr = "10.42.0.0/16".into();
+    options.backend = "wireguard-native".into();
+    let error = Lab::up(&options, &mut |_| {}).err().unwrap();
+    assert!(error.message.contains("vxlan or host-gw"), "{error}");
     assert!(!Path::new("/var/lib/flannel-lab-test").exists());
     assert!(!tmp.path().join("bad").exists());
 }

@@ -36,6 +36,28 @@ async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) ->
     start.elapsed()
 }
 
+/// The route to `dst` as `ip route` prints it, if any.
+fn route_to(ns: &TestNetns, dst: &str) -> Option<String> {
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "show"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(dst))
+        .map(str::to_string)
+}
+
+/// Whether an `ip route` line means `via <via> dev <dev> proto 77
+/// [onlink]`, plain (`10.42.1.0/24 via 10.42.1.0 dev flannel.1 proto 77
+/// onlink`) or through a nexthop object (`10.42.1.0/24 nhid 170590464 via
+/// 10.42.1.0 dev flannel.1 proto 77 onlink`).
+fn means(line: &str, via: &str, dev: &str, onlink: bool) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
+    after("via") == Some(via)
+        && after("dev") == Some(dev)
+        && after("proto") == Some("77")
+        && words.contains(&"onlink") == onlink
+}
+
 fn vtep_mac(ns: &TestNetns) -> String {
     let link = ns.ip(&["-o", "link", "show", "flannel.1"]);
     link.split("link/ether ")
@@ -71,16 +93,20 @@ async fn two_nodes_reproduce_the_seed_data_path() {
     assert!(n0
         .ip(&["-4", "addr", "show", "dev", "flannel.1"])
         .contains("inet 10.42.0.0/32"));
-    // The seed's route, tagged as ours.
-    let routes0 = n0.ip(&["route", "show", "dev", "flannel.1"]);
+    // The seed's route, tagged as ours (through a nexthop object where the
+    // kernel has them: `10.42.1.0/24 nhid N via 10.42.1.0 dev flannel.1
+    // proto 77 onlink`).
+    let route0 = route_to(n0, "10.42.1.0/24").unwrap_or_default();
     assert!(
-        routes0.contains("10.42.1.0/24 via 10.42.1.0 proto 77 onlink"),
-        "{routes0}"
+        means(&route0, "10.42.1.0", "flannel.1", true),
+        "{route0:?} in\n{}",
+        n0.ip(&["route", "show"])
     );
-    let routes1 = n1.ip(&["route", "show", "dev", "flannel.1"]);
+    let route1 = route_to(n1, "10.42.0.0/24").unwrap_or_default();
     assert!(
-        routes1.contains("10.42.0.0/24 via 10.42.0.0 proto 77 onlink"),
-        "{routes1}"
+        means(&route1, "10.42.0.0", "flannel.1", true),
+        "{route1:?} in\n{}",
+        n1.ip(&["route", "show"])
     );
     // Neighbour and FDB entries name node 1's real VTEP MAC and address.
     let mac1 = vtep_mac(n1);
@@ -138,11 +164,8 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
     ready(&h0).await;
     ready(&h1).await;
     let n0 = &lab.nodes[0];
-    let route = "10.42.1.0/24 via 10.42.1.0 proto 77 onlink";
-    let has_route = || {
-        n0.ip(&["route", "show", "dev", "flannel.1"])
-            .contains(route)
-    };
+    let has_route =
+        || route_to(n0, "10.42.1.0/24").is_some_and(|l| means(&l, "10.42.1.0", "flannel.1", true));
 
     // A route, a neighbour, an FDB entry deleted by hand come back.
     n0.ip(&["route", "del", "10.42.1.0/24"]);

@@ -1,5 +1,7 @@
 //! The host-gw backend: a plain route per peer through the uplink, which
-//! only works when every peer shares the uplink's L2 segment.
+//! only works when every peer shares the uplink's L2 segment. Like vxlan's,
+//! the routes go through nexthop objects where the kernel has them
+//! (`<lease> nhid <id> via <peer IP> dev <uplink>`).
 
 use std::net::IpAddr;
 
@@ -51,6 +53,7 @@ pub fn desired_routes(
                     gateway,
                     oif: uplink_index,
                     onlink: false,
+                    nexthop: None,
                 },
             );
         }

@@ -4,6 +4,7 @@
 //! the operations.
 
 pub mod host_gw;
+pub mod nexthop;
 pub mod vxlan;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -40,6 +41,11 @@ pub struct FdbEntry {
 }
 
 /// One of our routes (protocol [`ROUTE_PROTOCOL`], main table).
+///
+/// `gateway`, `oif` and `onlink` are what the route means; with
+/// `nexthop: Some(id)` the kernel holds them in the nexthop object `id`
+/// and the route only points at it (`ip route` shows `<dst> nhid <id> via
+/// <gateway> dev <device> proto 77 onlink`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RouteEntry {
     /// Destination (the peer's lease).
@@ -50,6 +56,42 @@ pub struct RouteEntry {
     pub oif: u32,
     /// `onlink`: the gateway is reachable on the device without a
     /// connected route (vxlan: the peer's lease network address).
+    pub onlink: bool,
+    /// The nexthop object the route points at (`nhid`), or `None` for a
+    /// plain gateway route.
+    pub nexthop: Option<u32>,
+}
+
+impl RouteEntry {
+    /// Whether the kernel's `found` route already is this one: the same
+    /// nexthop object, or (plain routes) the same gateway, device and
+    /// onlink flag. A nexthop's own gateway is compared through
+    /// [`KernelEntries::nexthops`], so a changed gateway replaces the
+    /// nexthop without touching the route.
+    pub fn is_satisfied_by(&self, found: &RouteEntry) -> bool {
+        self.dst == found.dst
+            && match self.nexthop {
+                Some(id) => found.nexthop == Some(id),
+                None => {
+                    found.nexthop.is_none()
+                        && (self.gateway, self.oif, self.onlink)
+                            == (found.gateway, found.oif, found.onlink)
+                }
+            }
+    }
+}
+
+/// One of our nexthop objects (protocol [`ROUTE_PROTOCOL`]): `id <id> via
+/// <gateway> dev <oif> [onlink]`. Routes point at it by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Nexthop {
+    /// Its id (unique in the network namespace, never 0).
+    pub id: u32,
+    /// Gateway.
+    pub gateway: IpAddr,
+    /// Output interface index.
+    pub oif: u32,
+    /// `onlink` (RTNH_F_ONLINK).
     pub onlink: bool,
 }
 
@@ -67,10 +109,24 @@ impl fmt::Display for FdbEntry {
 
 impl fmt::Display for RouteEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "route {}", self.dst)?;
+        if let Some(id) = self.nexthop {
+            write!(f, " nhid {id}")?;
+        }
+        write!(f, " via {} dev #{}", self.gateway, self.oif)?;
+        if self.onlink {
+            f.write_str(" onlink")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Nexthop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "route {} via {} dev #{}",
-            self.dst, self.gateway, self.oif
+            "nexthop id {} via {} dev #{}",
+            self.id, self.gateway, self.oif
         )?;
         if self.onlink {
             f.write_str(" onlink")?;
@@ -88,6 +144,16 @@ pub struct KernelEntries {
     pub fdb: BTreeSet<FdbEntry>,
     /// Our routes, by destination.
     pub routes: BTreeMap<IpNetwork, RouteEntry>,
+    /// Our nexthop objects (protocol 77, one gateway and device) of the
+    /// families the data path covers, by id.
+    pub nexthops: BTreeMap<u32, Nexthop>,
+    /// Found state only: the ids of every other nexthop object in the
+    /// namespace (other owners, other families, groups). Never reused,
+    /// never touched.
+    pub other_nexthop_ids: BTreeSet<u32>,
+    /// Found state only: ids of our nexthops that a route which is not
+    /// ours points at. Never garbage-collected.
+    pub nexthops_used_elsewhere: BTreeSet<u32>,
 }
 
 /// One change to the kernel.
@@ -105,6 +171,23 @@ pub enum Op {
     SetRoute(RouteEntry),
     /// Delete a route.
     DelRoute(RouteEntry),
+    /// Create a nexthop object under a fresh id (fails if the id is taken,
+    /// so someone else's object is never overwritten).
+    AddNexthop(Nexthop),
+    /// Replace one of our nexthop objects (its gateway or device changed).
+    ReplaceNexthop(Nexthop),
+    /// Delete one of our nexthop objects.
+    DelNexthop(Nexthop),
+}
+
+impl Op {
+    /// Nexthop operations go through the nexthop socket.
+    pub fn is_nexthop(&self) -> bool {
+        matches!(
+            self,
+            Op::AddNexthop(_) | Op::ReplaceNexthop(_) | Op::DelNexthop(_)
+        )
+    }
 }
 
 impl fmt::Display for Op {
@@ -116,21 +199,39 @@ impl fmt::Display for Op {
             Op::DelFdb(e) => write!(f, "delete {e}"),
             Op::SetRoute(r) => write!(f, "set {r}"),
             Op::DelRoute(r) => write!(f, "delete {r}"),
+            Op::AddNexthop(n) => write!(f, "add {n}"),
+            Op::ReplaceNexthop(n) => write!(f, "replace {n}"),
+            Op::DelNexthop(n) => write!(f, "delete {n}"),
         }
     }
 }
 
-/// The operations that turn `actual` into `desired`, in three phases the
-/// caller applies in order (each phase may be pipelined internally):
-/// neighbours and FDB entries first, then routes (a route must never lead
-/// to a next hop the kernel would have to ARP for), then deletions of what
-/// is no longer wanted (routes before the entries they use).
+/// How many phases [`diff`] returns.
+pub const PHASES: usize = 4;
+
+/// The operations that turn `actual` into `desired`, in phases the caller
+/// applies in order (each phase may be pipelined internally):
 ///
-/// `allow_deletes` is false until the peer list is complete, so a partial
-/// view at start-up never removes a working peer.
-pub fn diff(desired: &KernelEntries, actual: &KernelEntries, allow_deletes: bool) -> [Vec<Op>; 3] {
+/// 0. neighbours, FDB entries and nexthop objects: everything a route
+///    leads to (a route must never lead to a next hop the kernel would have
+///    to ARP for, nor to a nexthop id that does not exist yet);
+/// 1. routes;
+/// 2. deletion of routes no longer wanted;
+/// 3. deletion of the neighbours, FDB entries and nexthop objects no
+///    longer wanted, once no route of ours uses them.
+///
+/// A nexthop whose gateway or device changed is replaced in place: the
+/// routes pointing at it stay untouched. `allow_deletes` is false until the
+/// peer list is complete, so a partial view at start-up never removes a
+/// working peer.
+pub fn diff(
+    desired: &KernelEntries,
+    actual: &KernelEntries,
+    allow_deletes: bool,
+) -> [Vec<Op>; PHASES] {
     let mut entries = Vec::new();
     let mut routes = Vec::new();
+    let mut route_deletes = Vec::new();
     let mut deletes = Vec::new();
 
     for (ip, mac) in &desired.neighbours {
@@ -141,15 +242,26 @@ pub fn diff(desired: &KernelEntries, actual: &KernelEntries, allow_deletes: bool
     for entry in desired.fdb.difference(&actual.fdb) {
         entries.push(Op::SetFdb(*entry));
     }
+    for (id, nexthop) in &desired.nexthops {
+        match actual.nexthops.get(id) {
+            None => entries.push(Op::AddNexthop(*nexthop)),
+            Some(found) if found != nexthop => entries.push(Op::ReplaceNexthop(*nexthop)),
+            Some(_) => {}
+        }
+    }
     for (dst, route) in &desired.routes {
-        if actual.routes.get(dst) != Some(route) {
+        if !actual
+            .routes
+            .get(dst)
+            .is_some_and(|found| route.is_satisfied_by(found))
+        {
             routes.push(Op::SetRoute(*route));
         }
     }
     if allow_deletes {
         for (dst, route) in &actual.routes {
             if !desired.routes.contains_key(dst) {
-                deletes.push(Op::DelRoute(*route));
+                route_deletes.push(Op::DelRoute(*route));
             }
         }
         for entry in actual.fdb.difference(&desired.fdb) {
@@ -160,8 +272,13 @@ pub fn diff(desired: &KernelEntries, actual: &KernelEntries, allow_deletes: bool
                 deletes.push(Op::DelNeighbour(Neighbour { ip: *ip, mac: *mac }));
             }
         }
+        for (id, nexthop) in &actual.nexthops {
+            if !desired.nexthops.contains_key(id) && !actual.nexthops_used_elsewhere.contains(id) {
+                deletes.push(Op::DelNexthop(*nexthop));
+            }
+        }
     }
-    [entries, routes, deletes]
+    [entries, routes, route_deletes, deletes]
 }
 
 #[cfg(test)]
@@ -180,6 +297,7 @@ mod tests {
             gateway: ip(gw),
             oif: 5,
             onlink: true,
+            nexthop: None,
         }
     }
     fn state(peers: &[(&str, &str, u8, &str)]) -> KernelEntries {
@@ -192,6 +310,22 @@ mod tests {
             });
             let r = route(lease, gw);
             s.routes.insert(r.dst, r);
+        }
+        s
+    }
+    /// The same peers with their routes through nexthop `ids[i]`.
+    fn via_nexthops(mut s: KernelEntries, ids: &[u32]) -> KernelEntries {
+        for (route, id) in s.routes.values_mut().zip(ids) {
+            route.nexthop = Some(*id);
+            s.nexthops.insert(
+                *id,
+                Nexthop {
+                    id: *id,
+                    gateway: route.gateway,
+                    oif: route.oif,
+                    onlink: route.onlink,
+                },
+            );
         }
         s
     }
@@ -212,14 +346,14 @@ mod tests {
         };
         let r = |p: &(&str, &str, u8, &str)| route(p.0, p.1);
 
-        type Case<'a> = (&'a str, KernelEntries, KernelEntries, bool, [Vec<Op>; 3]);
+        type Case<'a> = (&'a str, KernelEntries, KernelEntries, bool, [Vec<Op>; 4]);
         let cases: Vec<Case> = vec![
             (
                 "in sync",
                 state(&[b, c]),
                 state(&[b, c]),
                 true,
-                [vec![], vec![], vec![]],
+                [vec![], vec![], vec![], vec![]],
             ),
             (
                 "cold start",
@@ -229,6 +363,7 @@ mod tests {
                 [
                     vec![Op::SetNeighbour(n(&b)), Op::SetFdb(f(&b))],
                     vec![Op::SetRoute(r(&b))],
+                    vec![],
                     vec![],
                 ],
             ),
@@ -240,11 +375,8 @@ mod tests {
                 [
                     vec![],
                     vec![],
-                    vec![
-                        Op::DelRoute(r(&c)),
-                        Op::DelFdb(f(&c)),
-                        Op::DelNeighbour(n(&c)),
-                    ],
+                    vec![Op::DelRoute(r(&c))],
+                    vec![Op::DelFdb(f(&c)), Op::DelNeighbour(n(&c))],
                 ],
             ),
             (
@@ -252,7 +384,7 @@ mod tests {
                 state(&[b]),
                 state(&[b, c]),
                 false,
-                [vec![], vec![], vec![]],
+                [vec![], vec![], vec![], vec![]],
             ),
             (
                 "public ip changed",
@@ -261,6 +393,7 @@ mod tests {
                 true,
                 [
                     vec![Op::SetFdb(f(&b_moved))],
+                    vec![],
                     vec![],
                     vec![Op::DelFdb(f(&b))],
                 ],
@@ -273,6 +406,7 @@ mod tests {
                 [
                     vec![Op::SetNeighbour(n(&b_new_mac)), Op::SetFdb(f(&b_new_mac))],
                     vec![],
+                    vec![],
                     vec![Op::DelFdb(f(&b))],
                 ],
             ),
@@ -284,7 +418,7 @@ mod tests {
                     ..state(&[b])
                 },
                 true,
-                [vec![], vec![Op::SetRoute(r(&b))], vec![]],
+                [vec![], vec![Op::SetRoute(r(&b))], vec![], vec![]],
             ),
         ];
         for (name, desired, actual, allow, wanted) in cases {
@@ -293,11 +427,140 @@ mod tests {
     }
 
     #[test]
+    fn nexthop_diff_orders_nexthops_around_their_routes() {
+        let b = ("10.42.1.0/24", "10.42.1.0", 1, "192.168.1.13");
+        let c = ("10.42.2.0/24", "10.42.2.0", 2, "192.168.1.14");
+        let nh = |s: &KernelEntries, id: u32| s.nexthops[&id];
+        let rt = |s: &KernelEntries, dst: &str| s.routes[&dst.parse().unwrap()];
+
+        // Cold start: the nexthop in the first phase, the route that uses
+        // it in the second.
+        let want = via_nexthops(state(&[b]), &[7]);
+        let [entries, routes, route_deletes, deletes] = diff(&want, &state(&[]), true);
+        assert!(
+            entries.contains(&Op::AddNexthop(nh(&want, 7))),
+            "{entries:?}"
+        );
+        assert_eq!(routes, vec![Op::SetRoute(rt(&want, "10.42.1.0/24"))]);
+        assert!(route_deletes.is_empty() && deletes.is_empty());
+
+        // In sync, also when the found route carries the nexthop's gateway
+        // (nexthop_compat_mode) or not.
+        let mut found = via_nexthops(state(&[b, c]), &[7, 8]);
+        assert_eq!(diff(&found, &found, true), [vec![], vec![], vec![], vec![]]);
+        for route in found.routes.values_mut() {
+            route.gateway = ip("0.0.0.0");
+            route.oif = 0;
+            route.onlink = false;
+        }
+        let want = via_nexthops(state(&[b, c]), &[7, 8]);
+        assert_eq!(diff(&want, &found, true), [vec![], vec![], vec![], vec![]]);
+
+        // A changed gateway replaces the nexthop; the route is not touched.
+        let found = via_nexthops(state(&[b]), &[7]);
+        let mut want = found.clone();
+        want.nexthops.get_mut(&7).unwrap().gateway = ip("10.42.1.9");
+        assert_eq!(
+            diff(&want, &found, true),
+            [
+                vec![Op::ReplaceNexthop(nh(&want, 7))],
+                vec![],
+                vec![],
+                vec![]
+            ]
+        );
+
+        // A peer gone: its route goes in the third phase, its nexthop
+        // (with its neighbour and FDB entry) only in the fourth.
+        let found = via_nexthops(state(&[b, c]), &[7, 8]);
+        let want = via_nexthops(state(&[b]), &[7]);
+        let [entries, routes, route_deletes, deletes] = diff(&want, &found, true);
+        assert!(entries.is_empty() && routes.is_empty());
+        assert_eq!(
+            route_deletes,
+            vec![Op::DelRoute(rt(&found, "10.42.2.0/24"))]
+        );
+        assert_eq!(deletes.last(), Some(&Op::DelNexthop(nh(&found, 8))));
+        // ...but not before the peer list is complete.
+        assert_eq!(diff(&want, &found, false), [vec![], vec![], vec![], vec![]]);
+
+        // A nexthop deleted by hand took its route with it: both come back,
+        // nexthop first.
+        let want = via_nexthops(state(&[b]), &[7]);
+        let found = KernelEntries {
+            routes: BTreeMap::new(),
+            nexthops: BTreeMap::new(),
+            ..want.clone()
+        };
+        assert_eq!(
+            diff(&want, &found, true),
+            [
+                vec![Op::AddNexthop(nh(&want, 7))],
+                vec![Op::SetRoute(rt(&want, "10.42.1.0/24"))],
+                vec![],
+                vec![]
+            ]
+        );
+
+        // Garbage: our nexthop that no route needs goes, unless a route
+        // that is not ours points at it.
+        let want = via_nexthops(state(&[b]), &[7]);
+        let mut found = want.clone();
+        let stale = Nexthop {
+            id: 99,
+            gateway: ip("10.42.9.0"),
+            oif: 5,
+            onlink: true,
+        };
+        found.nexthops.insert(99, stale);
+        assert_eq!(
+            diff(&want, &found, true),
+            [vec![], vec![], vec![], vec![Op::DelNexthop(stale)]]
+        );
+        found.nexthops_used_elsewhere.insert(99);
+        assert_eq!(diff(&want, &found, true), [vec![], vec![], vec![], vec![]]);
+
+        // Plain routes wanted (fallback) over nexthop routes found: the
+        // routes are replaced first, the nexthops removed after.
+        let want = state(&[b]);
+        let found = via_nexthops(state(&[b]), &[7]);
+        assert_eq!(
+            diff(&want, &found, true),
+            [
+                vec![],
+                vec![Op::SetRoute(rt(&want, "10.42.1.0/24"))],
+                vec![],
+                vec![Op::DelNexthop(nh(&found, 7))]
+            ]
+        );
+    }
+
+    #[test]
     fn ops_read_like_ip_commands() {
         let op = Op::SetRoute(route("10.42.1.0/24", "10.42.1.0"));
         assert_eq!(
             op.to_string(),
             "set route 10.42.1.0/24 via 10.42.1.0 dev #5 onlink"
+        );
+        let mut with_nexthop = route("10.42.1.0/24", "10.42.1.0");
+        with_nexthop.nexthop = Some(170_524_928);
+        assert_eq!(
+            Op::SetRoute(with_nexthop).to_string(),
+            "set route 10.42.1.0/24 nhid 170524928 via 10.42.1.0 dev #5 onlink"
+        );
+        let nexthop = Nexthop {
+            id: 170_524_928,
+            gateway: ip("10.42.1.0"),
+            oif: 5,
+            onlink: true,
+        };
+        assert_eq!(
+            Op::AddNexthop(nexthop).to_string(),
+            "add nexthop id 170524928 via 10.42.1.0 dev #5 onlink"
+        );
+        assert_eq!(
+            Op::DelNexthop(nexthop).to_string(),
+            "delete nexthop id 170524928 via 10.42.1.0 dev #5 onlink"
         );
     }
 }

@@ -145,7 +145,9 @@ pub struct DirectRouting {
 
 /// Neighbour, FDB entry and onlink route per peer of one family, exactly as
 /// flanneld programs them (the seed's `10.42.1.0/24 via 10.42.1.0 dev
-/// flannel.1 onlink`; for IPv6 the same on `flannel-v6.<VNI>`).
+/// flannel.1 onlink`; for IPv6 the same on `flannel-v6.<VNI>`). The routes
+/// are plain here; [`super::nexthop::use_nexthops`] points them at nexthop
+/// objects where the kernel has them.
 pub fn desired_entries(
     peers: &PeerSet,
     device_index: u32,
@@ -181,6 +183,7 @@ pub fn desired_entries(
                     gateway: public,
                     oif: direct.uplink_index,
                     onlink: false,
+                    nexthop: None,
                 },
             );
             continue;
@@ -198,6 +201,7 @@ pub fn desired_entries(
                 gateway: vtep,
                 oif: device_index,
                 onlink: true,
+                nexthop: None,
             },
         );
     }

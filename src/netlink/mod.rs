@@ -4,13 +4,15 @@
 //! call setns. One process can therefore drive many lab nodes.
 
 mod iface;
+mod nexthop;
 mod ops;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt, TryStreamExt};
+use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -22,9 +24,30 @@ use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress, RouteEntry};
+pub use nexthop::{FoundNexthop, NexthopDump, NexthopEvent, RequestError};
 pub use ops::MAX_IN_FLIGHT;
 
+use nexthop::RawSocket;
+
 use crate::config::InterfaceSelector;
+
+/// Environment variable that turns nexthop objects off
+/// (`FLANNEL_EMBED_NEXTHOPS=off`, also `0`, `false`, `no`): routes are then
+/// plain onlink routes, as on kernels without nexthop objects.
+pub const NEXTHOPS_ENV: &str = "FLANNEL_EMBED_NEXTHOPS";
+
+/// Whether routes point at nexthop objects in this namespace; decided once
+/// per handle ([`NetlinkHandle::nexthop_support`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NexthopSupport {
+    /// Every route of ours points at a nexthop object of its own.
+    Used,
+    /// Turned off with [`NEXTHOPS_ENV`]: plain routes; nexthop objects of
+    /// ours left by an earlier run are removed.
+    Off,
+    /// The kernel has no nexthop objects (before 5.3): plain routes.
+    Unsupported(String),
+}
 
 /// A netlink operation failed; names the namespace and the step.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +59,17 @@ pub enum NetlinkError {
         netns: String,
         /// What failed.
         problem: String,
+    },
+    /// A nexthop dump failed.
+    #[error("netlink {what} in {netns} failed: {source}")]
+    Nexthop {
+        /// What was asked for (`nexthop dump`).
+        what: &'static str,
+        /// The namespace.
+        netns: String,
+        /// The kernel's answer.
+        #[source]
+        source: RequestError,
     },
     /// A dump or request failed.
     #[error("netlink {what} in {netns} failed: {source}")]
@@ -53,11 +87,14 @@ pub enum NetlinkError {
     NoInterface(String),
 }
 
-/// An rtnetlink handle whose socket lives in one network namespace.
+/// An rtnetlink handle whose sockets live in one network namespace: the
+/// rtnetlink connection, and a raw socket for nexthop objects.
 #[derive(Debug, Clone)]
 pub struct NetlinkHandle {
     handle: rtnetlink::Handle,
     netns: String,
+    raw: Arc<RawSocket>,
+    nexthops: Arc<tokio::sync::OnceCell<NexthopSupport>>,
 }
 
 impl NetlinkHandle {
@@ -68,10 +105,55 @@ impl NetlinkHandle {
         let label = netns_label(netns);
         let (connection, handle, _messages) = open_connection(netns).await?;
         tokio::spawn(connection);
+        let raw = on_netns_thread(netns, RawSocket::new).await?;
         Ok(NetlinkHandle {
             handle,
             netns: label,
+            raw: Arc::new(raw),
+            nexthops: Arc::new(tokio::sync::OnceCell::new()),
         })
+    }
+
+    /// Whether routes use nexthop objects here, decided on first use: a
+    /// nexthop dump that the kernel refuses (EOPNOTSUPP, EINVAL) means no
+    /// nexthop objects; [`NEXTHOPS_ENV`]`=off` turns them off. Logged once.
+    pub async fn nexthop_support(&self) -> Result<&NexthopSupport, NetlinkError> {
+        self.nexthops
+            .get_or_try_init(|| async {
+                let support = match self.raw.dump_nexthops().await {
+                    Ok(_) if nexthops_turned_off() => NexthopSupport::Off,
+                    Ok(_) => NexthopSupport::Used,
+                    Err(e)
+                        if [libc::EOPNOTSUPP, libc::EINVAL, libc::EAFNOSUPPORT]
+                            .contains(&e.errno) =>
+                    {
+                        NexthopSupport::Unsupported(e.to_string())
+                    }
+                    Err(source) => {
+                        return Err(NetlinkError::Nexthop {
+                            what: "nexthop dump",
+                            netns: self.netns.clone(),
+                            source,
+                        })
+                    }
+                };
+                match &support {
+                    NexthopSupport::Used => tracing::info!(
+                        netns = %self.netns,
+                        "routes use nexthop objects (`ip nexthop`, protocol 77)"
+                    ),
+                    NexthopSupport::Off => tracing::info!(
+                        netns = %self.netns,
+                        "nexthop objects turned off by {NEXTHOPS_ENV}: plain onlink routes"
+                    ),
+                    NexthopSupport::Unsupported(why) => tracing::info!(
+                        netns = %self.netns,
+                        "this kernel has no nexthop objects ({why}): plain onlink routes"
+                    ),
+                }
+                Ok(support)
+            })
+            .await
     }
 
     /// The namespace this handle works in, for messages.
@@ -159,8 +241,28 @@ fn netns_label(netns: Option<&Path>) -> String {
     )
 }
 
-/// A kernel notification.
+fn nexthops_turned_off() -> bool {
+    std::env::var(NEXTHOPS_ENV).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "off" | "0" | "false" | "no"
+        )
+    })
+}
+
+/// An rtnetlink notification.
 pub type KernelMessage = NetlinkMessage<RouteNetlinkMessage>;
+
+/// What [`monitor`] reports.
+#[derive(Debug, Clone)]
+pub enum KernelEvent {
+    /// A link, address, neighbour or route notification.
+    Rtnl(KernelMessage),
+    /// A nexthop object was added, replaced or deleted.
+    Nexthop(NexthopEvent),
+    /// Notifications were lost: anything may have changed.
+    Overrun,
+}
 
 /// Opens a netlink connection whose socket is created inside `netns`: on a
 /// fresh std thread that enters the namespace and ends right after, never on
@@ -175,6 +277,21 @@ async fn open_connection(
     ),
     NetlinkError,
 > {
+    on_netns_thread(netns, || {
+        rtnetlink::new_connection().map_err(|e| format!("socket: {e}"))
+    })
+    .await
+}
+
+/// Runs `make` (which creates sockets) on a fresh std thread that has
+/// entered `netns` and has the caller's runtime entered, so the sockets
+/// belong to that namespace and register with the caller's reactor; the
+/// thread ends right after. Never on a tokio worker.
+async fn on_netns_thread<T, F>(netns: Option<&Path>, make: F) -> Result<T, NetlinkError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, String> + Send + 'static,
+{
     let label = netns_label(netns);
     let runtime = tokio::runtime::Handle::current();
     let path: Option<PathBuf> = netns.map(Path::to_path_buf);
@@ -186,10 +303,8 @@ async fn open_connection(
                 if let Some(path) = &path {
                     enter_netns(path)?;
                 }
-                // The socket registers with the caller's reactor but is
-                // created here, in the namespace just entered.
                 let _runtime = runtime.enter();
-                rtnetlink::new_connection().map_err(|e| format!("socket: {e}"))
+                make()
             })();
             let _ = sender.send(result);
         })
@@ -210,10 +325,11 @@ async fn open_connection(
 }
 
 /// Kernel notifications about links, addresses, neighbours (and FDB
-/// entries) and routes in `netns`: the triggers for a reconcile.
+/// entries), routes and nexthop objects in `netns`: the triggers for a
+/// reconcile.
 pub async fn monitor(
     netns: Option<&Path>,
-) -> Result<impl Stream<Item = KernelMessage> + Unpin + Send, NetlinkError> {
+) -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, NetlinkError> {
     // RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE |
     // RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
     const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x100 | 0x400;
@@ -228,7 +344,17 @@ pub async fn monitor(
             problem: format!("cannot subscribe to kernel notifications: {e}"),
         })?;
     tokio::spawn(connection);
-    Ok(messages.map(|(message, _)| message))
+    let rtnl = messages.map(|(message, _)| KernelEvent::Rtnl(message));
+    // Nexthop notifications come on a raw socket of their own (rtnetlink
+    // cannot decode them); a kernel without the group has none.
+    let nexthops = match on_netns_thread(netns, RawSocket::subscribed).await? {
+        Some(socket) => socket
+            .events()
+            .map(|event| event.map_or(KernelEvent::Overrun, KernelEvent::Nexthop))
+            .boxed(),
+        None => stream::pending().boxed(),
+    };
+    Ok(stream::select(rtnl, nexthops))
 }
 
 fn enter_netns(path: &Path) -> Result<(), String> {

@@ -1,8 +1,11 @@
 //! Typed netlink operations on what flannel owns: the vxlan device, its
-//! address, neighbours and FDB entries on it, and routes with our protocol
-//! number. Requests are pipelined (many in flight on one socket);
-//! EEXIST/ENOENT are the idempotent outcomes they are.
+//! address, neighbours and FDB entries on it, routes and nexthop objects
+//! with our protocol number. Requests are pipelined (many in flight on one
+//! socket; nexthop requests batched on the raw socket, see `nexthop.rs`);
+//! EEXIST/ENOENT are the idempotent outcomes they are (except EEXIST on a
+//! new nexthop id: someone else took it).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
@@ -20,7 +23,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use super::{NetlinkError, NetlinkHandle};
+use super::nexthop::{del_nexthop_request, new_nexthop_request, NexthopDump};
+use super::{NetlinkError, NetlinkHandle, NexthopSupport};
 use crate::backend::vxlan::{FoundVxlan, VxlanDeviceSpec};
 use crate::backend::{FdbEntry, KernelEntries, Op, RouteEntry, ROUTE_PROTOCOL};
 use crate::mac::MacAddr;
@@ -214,7 +218,65 @@ impl NetlinkHandle {
                 }
             }
         }
-        entries.routes = self.dump_our_routes(ipv6).await?;
+        let routes = self.dump_routes_and_nexthops(!ipv6, ipv6).await?;
+        entries.routes = routes.routes;
+        entries.nexthops = routes.nexthops;
+        entries.other_nexthop_ids = routes.other_nexthop_ids;
+        entries.nexthops_used_elsewhere = routes.nexthops_used_elsewhere;
+        Ok(entries)
+    }
+
+    /// Our routes (protocol 77) of the given families and, unless the
+    /// kernel has no nexthop objects, our nexthop objects of those
+    /// families, every other nexthop id in the namespace, and which of ours
+    /// a route that is not ours points at.
+    pub async fn dump_routes_and_nexthops(
+        &self,
+        ipv4: bool,
+        ipv6: bool,
+    ) -> Result<KernelEntries, NetlinkError> {
+        let mut entries = KernelEntries::default();
+        let mut foreign_users = BTreeSet::new();
+        for (wanted, family_v6) in [(ipv4, false), (ipv6, true)] {
+            if wanted {
+                let (ours, users) = self.dump_routes(family_v6).await?;
+                entries.routes.extend(ours);
+                foreign_users.extend(users);
+            }
+        }
+        if matches!(
+            self.nexthop_support().await?,
+            NexthopSupport::Unsupported(_)
+        ) {
+            return Ok(entries);
+        }
+        let found = self
+            .raw
+            .dump_nexthops()
+            .await
+            .map_err(|source| NetlinkError::Nexthop {
+                what: "nexthop dump",
+                netns: self.netns.clone(),
+                source,
+            })?;
+        let dump = NexthopDump::split(&found, ipv4, ipv6);
+        entries.nexthops_used_elsewhere = foreign_users
+            .into_iter()
+            .filter(|id| dump.ours.contains_key(id))
+            .collect();
+        entries.nexthops = dump.ours;
+        entries.other_nexthop_ids = dump.others;
+        // Without nexthop_compat_mode a route shows only its nhid: give it
+        // its object's meaning (for messages; the diff compares ids).
+        for route in entries.routes.values_mut() {
+            if let Some(object) = route.nexthop.and_then(|id| entries.nexthops.get(&id)) {
+                if route.gateway.is_unspecified() {
+                    route.gateway = object.gateway;
+                    route.oif = object.oif;
+                    route.onlink = object.onlink;
+                }
+            }
+        }
         Ok(entries)
     }
 
@@ -223,7 +285,16 @@ impl NetlinkHandle {
     pub async fn dump_our_routes(
         &self,
         ipv6: bool,
-    ) -> Result<std::collections::BTreeMap<IpNetwork, RouteEntry>, NetlinkError> {
+    ) -> Result<BTreeMap<IpNetwork, RouteEntry>, NetlinkError> {
+        Ok(self.dump_routes(ipv6).await?.0)
+    }
+
+    /// Our routes of one family, and the nexthop ids that routes which are
+    /// not ours point at.
+    async fn dump_routes(
+        &self,
+        ipv6: bool,
+    ) -> Result<(BTreeMap<IpNetwork, RouteEntry>, BTreeSet<u32>), NetlinkError> {
         let request = if ipv6 {
             RouteMessageBuilder::<Ipv6Addr>::new().build()
         } else {
@@ -237,18 +308,80 @@ impl NetlinkHandle {
             .try_collect()
             .await
             .map_err(self.request_error("route dump"))?;
-        Ok(routes
+        let ours = routes
             .iter()
             .filter(|m| u8::from(m.header.protocol) == ROUTE_PROTOCOL)
             .filter_map(our_route)
             .map(|route| (route.dst, route))
-            .collect())
+            .collect();
+        let foreign_users = routes
+            .iter()
+            .filter(|m| u8::from(m.header.protocol) != ROUTE_PROTOCOL)
+            .flat_map(|m| {
+                m.attributes.iter().filter_map(|a| match a {
+                    RouteAttribute::NhId(id) => Some(*id),
+                    _ => None,
+                })
+            })
+            .collect();
+        Ok((ours, foreign_users))
     }
 
     /// Applies one phase of operations on `device_index`, up to
     /// [`MAX_IN_FLIGHT`] at a time. Returns the operations that failed, with
     /// the error (EEXIST on an add and ENOENT on a delete count as done).
     pub async fn apply(&self, device_index: u32, ops: &[Op]) -> Vec<(Op, String)> {
+        let (nexthop_ops, rtnl_ops): (Vec<Op>, Vec<Op>) =
+            ops.iter().partition(|op| op.is_nexthop());
+        let (mut failures, rtnl_failures) = tokio::join!(
+            self.apply_nexthops(&nexthop_ops),
+            self.apply_rtnl(device_index, &rtnl_ops)
+        );
+        failures.extend(rtnl_failures);
+        failures
+    }
+
+    /// Nexthop operations, batched on the raw socket.
+    async fn apply_nexthops(&self, ops: &[Op]) -> Vec<(Op, String)> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let requests: Vec<(Op, Vec<u8>)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::AddNexthop(n) => Some((*op, new_nexthop_request(n, false))),
+                Op::ReplaceNexthop(n) => Some((*op, new_nexthop_request(n, true))),
+                Op::DelNexthop(n) => Some((*op, del_nexthop_request(n.id))),
+                // Never routed here (see `apply`).
+                _ => None,
+            })
+            .collect();
+        let bytes: Vec<Vec<u8>> = requests.iter().map(|(_, r)| r.clone()).collect();
+        let results = self.raw.transact(&bytes).await;
+        requests
+            .iter()
+            .map(|(op, _)| op)
+            .zip(results)
+            .filter_map(|(op, result)| {
+                let error = result.err()?;
+                match op {
+                    Op::DelNexthop(_) if [ENOENT, ESRCH].contains(&error.errno) => None,
+                    Op::AddNexthop(n) if error.errno == EEXIST => Some((
+                        *op,
+                        format!(
+                            "nexthop id {} was taken meanwhile ({error}); the next pass picks another id",
+                            n.id
+                        ),
+                    )),
+                    _ => Some((*op, error.to_string())),
+                }
+            })
+            .collect()
+    }
+
+    /// Neighbour, FDB and route operations, pipelined on the rtnetlink
+    /// connection.
+    async fn apply_rtnl(&self, device_index: u32, ops: &[Op]) -> Vec<(Op, String)> {
         stream::iter(ops.iter().copied())
             .map(|op| async move {
                 let result = self.apply_one(device_index, op).await;
@@ -325,6 +458,9 @@ impl NetlinkHandle {
                     .await
             }
             Op::DelRoute(r) => self.handle.route().del(route_message(&r)).execute().await,
+            Op::AddNexthop(_) | Op::ReplaceNexthop(_) | Op::DelNexthop(_) => {
+                Err(rtnetlink::Error::RequestFailed)
+            }
         }
     }
 }
@@ -378,6 +514,22 @@ fn neighbour_fields(message: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAd
 
 fn route_message(route: &RouteEntry) -> RouteMessage {
     let protocol = RouteProtocol::from(ROUTE_PROTOCOL);
+    if let Some(id) = route.nexthop {
+        // `<dst> nhid <id> proto 77`: gateway, device and onlink are the
+        // nexthop object's (the kernel refuses them next to an id).
+        let mut message = match route.dst {
+            IpNetwork::V4(dst) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix())
+                .protocol(protocol)
+                .build(),
+            IpNetwork::V6(dst) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(dst.network(), dst.prefix())
+                .protocol(protocol)
+                .build(),
+        };
+        message.attributes.push(RouteAttribute::NhId(id));
+        return message;
+    }
     let mut message = match (route.dst, route.gateway) {
         (IpNetwork::V4(dst), IpAddr::V4(gw)) => RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix())
@@ -410,8 +562,10 @@ fn our_route(message: &RouteMessage) -> Option<RouteEntry> {
     let mut dst_addr = None;
     let mut gateway = None;
     let mut oif = None;
+    let mut nexthop = None;
     for attribute in &message.attributes {
         match attribute {
+            RouteAttribute::NhId(id) => nexthop = Some(*id),
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst_addr = Some(IpAddr::V4(*a)),
             RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst_addr = Some(IpAddr::V6(*a)),
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(IpAddr::V4(*a)),
@@ -421,11 +575,29 @@ fn our_route(message: &RouteMessage) -> Option<RouteEntry> {
         }
     }
     let dst = IpNetwork::new(dst_addr?, message.header.destination_prefix_length).ok()?;
+    let onlink = message.header.flags.contains(RouteFlags::Onlink);
+    if nexthop.is_some() {
+        // With nexthop_compat_mode (the default) the kernel adds the
+        // object's gateway and device; without, only the id is there.
+        let unspecified = if dst.is_ipv6() {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        return Some(RouteEntry {
+            dst,
+            gateway: gateway.unwrap_or(unspecified),
+            oif: oif.unwrap_or(0),
+            onlink,
+            nexthop,
+        });
+    }
     Some(RouteEntry {
         dst,
         gateway: gateway?,
         oif: oif?,
-        onlink: message.header.flags.contains(RouteFlags::Onlink),
+        onlink,
+        nexthop: None,
     })
 }
 

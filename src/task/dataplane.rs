@@ -1,6 +1,8 @@
 //! The data paths: vxlan (a device per family, neighbours, FDB entries and
 //! onlink routes) and host-gw (routes through the uplink), each reconciled
-//! level-triggered against a kernel dump.
+//! level-triggered against a kernel dump. Where the kernel has nexthop
+//! objects, every route points at one of its own (`nhid`), which holds the
+//! gateway; see `backend::nexthop`.
 
 use std::time::Instant;
 
@@ -12,11 +14,12 @@ use rtnetlink::packet_route::link::LinkAttribute;
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use tracing::{debug, info, warn};
 
+use crate::backend::nexthop::use_nexthops;
 use crate::backend::vxlan::{desired_entries, incompatibility, DirectRouting, VxlanDeviceSpec};
-use crate::backend::{diff, host_gw, KernelEntries, Op, ROUTE_PROTOCOL};
+use crate::backend::{diff, host_gw, KernelEntries, Op, PHASES, ROUTE_PROTOCOL};
 use crate::kube_subnet::PeerSnapshot;
 use crate::mac::MacAddr;
-use crate::netlink::{KernelMessage, NetlinkError, NetlinkHandle};
+use crate::netlink::{KernelEvent, NetlinkError, NetlinkHandle, NexthopEvent, NexthopSupport};
 
 /// The device as it is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +129,10 @@ impl VxlanDataPath {
         let (device, _) = self.ensure_device().await?;
         let ipv6 = self.lease.is_ipv6();
         let actual = self.netlink.dump_entries(device.index, ipv6).await?;
-        let desired = desired_entries(&peers.peers, device.index, self.direct.as_ref(), ipv6);
+        let mut desired = desired_entries(&peers.peers, device.index, self.direct.as_ref(), ipv6);
+        if self.netlink.nexthop_support().await? == &NexthopSupport::Used {
+            use_nexthops(&mut desired, &actual);
+        }
         Ok(apply_difference(
             &self.netlink,
             device.index,
@@ -140,8 +146,13 @@ impl VxlanDataPath {
     }
 
     /// Whether a kernel notification concerns what we own: our device, an
-    /// entry on it, or one of our routes.
-    pub fn is_relevant(&self, message: &KernelMessage) -> bool {
+    /// entry on it, one of our routes or nexthop objects.
+    pub fn is_relevant(&self, event: &KernelEvent) -> bool {
+        let message = match event {
+            KernelEvent::Rtnl(message) => message,
+            KernelEvent::Nexthop(event) => return is_ours(event),
+            KernelEvent::Overrun => return true,
+        };
         let NetlinkPayload::InnerMessage(inner) = &message.payload else {
             return false;
         };
@@ -182,7 +193,7 @@ pub(crate) struct HostGwDataPath {
 impl HostGwDataPath {
     pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
         let started = Instant::now();
-        let (desired, unreachable) =
+        let (mut desired, unreachable) =
             host_gw::desired_routes(&peers.peers, self.uplink_index, &self.connected);
         for (peer, reason) in &unreachable {
             if self.warned.get(peer) != Some(reason) {
@@ -192,13 +203,12 @@ impl HostGwDataPath {
         }
         self.warned
             .retain(|peer, _| unreachable.iter().any(|(p, _)| p == peer));
-        let mut actual = KernelEntries::default();
-        for (enabled, ipv6) in [(self.ipv4, false), (self.ipv6, true)] {
-            if enabled {
-                actual
-                    .routes
-                    .extend(self.netlink.dump_our_routes(ipv6).await?);
-            }
+        let actual = self
+            .netlink
+            .dump_routes_and_nexthops(self.ipv4, self.ipv6)
+            .await?;
+        if self.netlink.nexthop_support().await? == &NexthopSupport::Used {
+            use_nexthops(&mut desired, &actual);
         }
         Ok(apply_difference(
             &self.netlink,
@@ -237,15 +247,33 @@ impl DataPath {
         }
     }
 
-    pub fn is_relevant(&self, message: &KernelMessage) -> bool {
+    pub fn is_relevant(&self, event: &KernelEvent) -> bool {
         match self {
-            DataPath::Vxlan(paths) => paths.iter().any(|p| p.is_relevant(message)),
-            DataPath::HostGw(_) => matches!(
-                &message.payload,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) if u8::from(r.header.protocol) == ROUTE_PROTOCOL
-            ),
+            DataPath::Vxlan(paths) => paths.iter().any(|p| p.is_relevant(event)),
+            DataPath::HostGw(path) => match event {
+                KernelEvent::Rtnl(message) => match &message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => {
+                        u8::from(r.header.protocol) == ROUTE_PROTOCOL
+                    }
+                    // The uplink going down flushes our routes and nexthop
+                    // objects on it without a notification of their own.
+                    NetlinkPayload::InnerMessage(
+                        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link),
+                    ) => link.header.index == path.uplink_index,
+                    _ => false,
+                },
+                KernelEvent::Nexthop(event) => is_ours(event),
+                KernelEvent::Overrun => true,
+            },
         }
     }
+}
+
+/// A nexthop object of ours (protocol 77) was added, replaced or deleted:
+/// by us (one more pass finds nothing to do) or by someone else (a hand-
+/// deleted object took its routes with it, silently).
+fn is_ours(event: &NexthopEvent) -> bool {
+    event.nexthop.protocol == ROUTE_PROTOCOL
 }
 
 /// Diffs, applies in phases, logs every change once; returns the report.
@@ -271,7 +299,10 @@ async fn apply_difference(
         report.applied += phase.len();
     }
     for (op, error) in &report.failures {
-        warn!("{op} on {device_name} failed: {error}");
+        warn!(
+            "{op} on {device_name} in {} failed: {error}",
+            netlink.netns()
+        );
     }
     if total > 0 {
         log_ops(&phases, device_name);
@@ -290,7 +321,7 @@ async fn apply_difference(
 /// Every kernel change is logged once: one line per operation when there
 /// are few, a count per kind when there are many (a cold start at
 /// thousands of peers).
-fn log_ops(phases: &[Vec<Op>; 3], device: &str) {
+fn log_ops(phases: &[Vec<Op>; PHASES], device: &str) {
     let total: usize = phases.iter().map(Vec::len).sum();
     if total <= 32 {
         for op in phases.iter().flatten() {

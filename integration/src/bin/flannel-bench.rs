@@ -38,7 +38,10 @@ enum Scenario {
     },
     /// Cold sync: a `flannel-agent` process in a fresh namespace programs N
     /// peers (API already up); the same entries through `ip -batch` and
-    /// `bridge -batch` in a twin namespace are the floor.
+    /// `bridge -batch` in a twin namespace are the floor (plain onlink
+    /// routes, as upstream programs them), and the same again with nexthop
+    /// objects for comparison. Set FLANNEL_EMBED_NEXTHOPS=off to time the
+    /// agent's plain-route fallback.
     ColdSync {
         /// Peer counts, comma-separated.
         #[arg(long, value_delimiter = ',', default_values_t = [1000u32, 5000, 10000, 20000])]
@@ -166,10 +169,16 @@ struct Sample {
 
 async fn cold_sync(sizes: &[u32], runs: usize) -> Result<(), String> {
     let agent = workspace_bin("flannel-agent");
-    println!("cold sync: spawn -> kernel holds every entry (agent) vs ip/bridge -batch (floor), {runs} run(s), median");
+    println!("cold sync: spawn -> kernel holds every entry (agent) vs ip/bridge -batch (floor: plain onlink routes; floor nh: nexthop objects), {runs} run(s), median");
+    if let Ok(value) = std::env::var(flannel_embed::netlink::NEXTHOPS_ENV) {
+        println!(
+            "agent runs with {}={value}",
+            flannel_embed::netlink::NEXTHOPS_ENV
+        );
+    }
     println!(
-        "{:>7} {:>10} {:>10} {:>7} {:>12} {:>10}",
-        "peers", "agent s", "floor s", "ratio", "agent MiB", "agent cpu"
+        "{:>7} {:>10} {:>10} {:>7} {:>11} {:>12} {:>10}",
+        "peers", "agent s", "floor s", "ratio", "floor nh s", "agent MiB", "agent cpu"
     );
     for &size in sizes {
         let server = TestApiServer::start(Options::default()).map_err(|e| e.to_string())?;
@@ -191,22 +200,27 @@ async fn cold_sync(sizes: &[u32], runs: usize) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         let mut agent_runs = Vec::new();
         let mut floor_runs = Vec::new();
+        let mut floor_nh_runs = Vec::new();
         for run in 0..runs {
-            floor_runs.push(floor(size, dir.path(), run)?);
+            floor_runs.push(floor(size, dir.path(), run, false)?);
+            settle().await;
+            floor_nh_runs.push(floor(size, dir.path(), run, true)?);
             settle().await;
             agent_runs.push(agent_run(&agent, size, dir.path(), &kubeconfig, &netconf, run).await?);
             settle().await;
         }
         let agent = median(agent_runs.iter().map(|s| s.seconds).collect());
         let floor = median(floor_runs.iter().map(|s| s.seconds).collect());
+        let floor_nh = median(floor_nh_runs.iter().map(|s| s.seconds).collect());
         let rss = median(agent_runs.iter().map(|s| s.rss_mib).collect());
         let cpu = median(agent_runs.iter().map(|s| s.cpu_seconds).collect());
         println!(
-            "{:>7} {:>10.3} {:>10.3} {:>7.2} {:>12.1} {:>10.2}",
+            "{:>7} {:>10.3} {:>10.3} {:>7.2} {:>11.3} {:>12.1} {:>10.2}",
             size,
             agent,
             floor,
             agent / floor.max(1e-9),
+            floor_nh,
             rss,
             cpu
         );
@@ -239,7 +253,11 @@ fn peer_entries(i: u32) -> (String, String, String) {
     (lease_net, mac, public)
 }
 
-fn floor(size: u32, dir: &std::path::Path, run: usize) -> Result<Sample, String> {
+/// `ip -batch` + `bridge -batch` of the same entries; with `nexthops`, each
+/// route through a nexthop object of its own (`nexthop replace id <i> via
+/// <net> dev flannel.1 onlink proto 77` + `route replace <net>/24 nhid <i>
+/// proto 77`).
+fn floor(size: u32, dir: &std::path::Path, run: usize, nexthops: bool) -> Result<Sample, String> {
     let ns = TestNetns::new("bfloor").with_uplink("192.168.255.1/16", "192.168.0.254");
     ns.ip(&[
         "link",
@@ -264,10 +282,17 @@ fn floor(size: u32, dir: &std::path::Path, run: usize) -> Result<Sample, String>
     for i in 1..=size {
         let (net, mac, public) = peer_entries(i);
         ip_batch += &format!("neigh replace {net} lladdr {mac} dev flannel.1 nud permanent\n");
-        ip_batch += &format!("route replace {net}/24 via {net} dev flannel.1 onlink proto 77\n");
+        if nexthops {
+            ip_batch +=
+                &format!("nexthop replace id {i} via {net} dev flannel.1 onlink proto 77\n");
+            ip_batch += &format!("route replace {net}/24 nhid {i} proto 77\n");
+        } else {
+            ip_batch +=
+                &format!("route replace {net}/24 via {net} dev flannel.1 onlink proto 77\n");
+        }
         bridge_batch += &format!("fdb replace {mac} dev flannel.1 dst {public} self permanent\n");
     }
-    let ip_file = dir.join(format!("ip-batch-{run}"));
+    let ip_file = dir.join(format!("ip-batch-{run}-{nexthops}"));
     let bridge_file = dir.join(format!("bridge-batch-{run}"));
     std::fs::write(&ip_file, ip_batch).map_err(|e| e.to_string())?;
     std::fs::write(&bridge_file, bridge_batch).map_err(|e| e.to_string())?;

@@ -1,8 +1,10 @@
 //! `flannel-lab`: a local multi-node flannel cluster in network namespaces.
 //!
 //! ```text
-//! flannel-lab up [--nodes 2] [--backend vxlan] [--cluster-cidr 10.42.0.0/16] [--pods-per-node 1]
-//! flannel-lab status            # the node table and the pod ping matrix again
+//! flannel-lab up [--nodes 2] [--backend vxlan|host-gw] [--cluster-cidr 10.42.0.0/16] [--pods-per-node 1] [--outside-host]
+//! flannel-lab up --backend host-gw --nodes 3                  # routes via the peers' uplinks, no flannel.1
+//! flannel-lab up --cluster-cidr 10.42.0.0/16,fd00:42::/56     # dual-stack: flannel.1 + flannel-v6.1
+//! flannel-lab status            # the node table and the pod ping matrices again
 //! flannel-lab exec node-0 -- ip route
 //! flannel-lab kubectl get nodes -o wide
 //! flannel-lab stop-agent node-1 # and start-agent: restart a node's agent
@@ -24,7 +26,8 @@ use integration::lab::{self, Lab, Options};
 #[derive(Parser, Debug)]
 #[command(
     name = "flannel-lab",
-    about = "A local multi-node flannel cluster: node namespaces on a bridge underlay, one flannel-agent per node, pods attached with the agents' CNI conflists"
+    about = "A local multi-node flannel cluster: node namespaces on a bridge underlay, one flannel-agent per node, pods attached with the agents' CNI conflists",
+    after_help = "Examples:\n  flannel-lab up                                           2 nodes, vxlan, 10.42.0.0/16\n  flannel-lab up --backend host-gw --nodes 3               host-gw: a route per peer via its uplink, no flannel.1\n  flannel-lab up --cluster-cidr 10.42.0.0/16,fd00:42::/56  dual-stack: IPv6 underlay too, pods get both\n  flannel-lab up --outside-host                            plus an \"internet\" host 203.0.113.10\n  flannel-lab exec node-0 -- iptables -t nat -S\n  flannel-lab down\n\nEverything lives in network namespaces fl-<id>-* and in --dir; `down` removes it all."
 )]
 struct Cli {
     /// Lab directory (state, logs, kubeconfig, the nodes' /run and /var/lib).
@@ -37,15 +40,22 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Build the lab, start the API server and one agent per node, attach
-    /// pods, then print the status table and the pod ping matrix.
+    /// pods, then print the status table and the pod ping matrix (one per
+    /// address family).
     Up {
         /// Number of nodes.
         #[arg(long, default_value_t = 2)]
         nodes: usize,
-        /// --flannel-backend for every agent.
+        /// --flannel-backend for every agent: vxlan (flannel.1, and
+        /// flannel-v6.1 when dual-stack) or host-gw (one route per peer via
+        /// its uplink address, no device).
         #[arg(long, default_value = "vxlan")]
         backend: String,
-        /// --cluster-cidr; node i gets its i-th /24 as podCIDR.
+        /// --cluster-cidr: an IPv4 CIDR, or an IPv4 and an IPv6 CIDR for a
+        /// dual-stack lab (10.42.0.0/16,fd00:42::/56). Node i gets the i-th
+        /// /24 (and /64) as podCIDRs; dual-stack also puts fd00:1::/64 on
+        /// the underlay (node i fd00:1::(10+i)) and gives pods an IPv6
+        /// address.
         #[arg(long, default_value = "10.42.0.0/16")]
         cluster_cidr: String,
         /// Pods per node.
@@ -60,6 +70,11 @@ enum Cmd {
         /// Tear down a lab already set up in --dir first.
         #[arg(long)]
         replace: bool,
+        /// Add an "internet" host (netns fl-<id>-ext, 203.0.113.10 and,
+        /// dual-stack, 2001:db8:1::10) behind the underlay gateway: pod
+        /// traffic to it leaves masqueraded as the node's uplink address.
+        #[arg(long)]
+        outside_host: bool,
     },
     /// Stop every process, delete every namespace and remove the lab's files.
     Down {
@@ -67,9 +82,9 @@ enum Cmd {
         #[arg(long, default_value = lab::DEFAULT_ID)]
         id: String,
     },
-    /// Print the status table (and the pod ping matrix) again.
+    /// Print the status table (and the pod ping matrices) again.
     Status {
-        /// Skip the ping matrix.
+        /// Skip the ping matrices.
         #[arg(long)]
         no_ping: bool,
     },
@@ -160,6 +175,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             id,
             wait,
             replace,
+            outside_host,
         } => {
             let mut options = Options::new(&lab::workspace_bin_dir());
             options.dir = cli.dir;
@@ -170,6 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             options.id = id;
             options.wait = Duration::from_secs(wait);
             options.replace = replace;
+            options.outside_host = outside_host;
             if let Ok(filter) = std::env::var("RUST_LOG") {
                 options.rust_log = filter;
             }
@@ -239,10 +256,15 @@ fn exit_code(code: Option<i32>) -> ExitCode {
 
 fn up(options: &Options) -> Result<ExitCode, String> {
     println!(
-        "flannel-lab: bringing up {} nodes (backend {}, cluster CIDR {}) in {}",
+        "flannel-lab: bringing up {} nodes (backend {}, cluster CIDR {}{}) in {}",
         options.nodes,
         options.backend,
         options.cluster_cidr,
+        if options.outside_host {
+            ", outside host"
+        } else {
+            ""
+        },
         options.dir.display()
     );
     let lab = Lab::up(options, &mut |line| println!("  {line}")).map_err(|e| e.to_string())?;
@@ -252,6 +274,26 @@ fn up(options: &Options) -> Result<ExitCode, String> {
     } else {
         format!(" --dir {}", lab.dir().display())
     };
+    let mut examples = vec!["exec node-0 -- ip route"];
+    if lab.dual_stack() {
+        examples.push("exec node-0 -- ip -6 route");
+    }
+    examples.push("exec node-1 -- cat /run/flannel/subnet.env");
+    if lab.backend() == "vxlan" {
+        examples.push("exec node-1 -- bridge fdb show dev flannel.1");
+    }
+    examples.push("exec node-0 -- iptables -t nat -S FLANNEL-POSTRTG");
+    let outside_ping = format!(
+        "exec node-0 -- ip netns exec {} ping -c 1 {}",
+        lab.pods_on(0)
+            .first()
+            .map_or("<pod>".to_string(), |p| p.name.clone()),
+        lab::OUTSIDE_IP
+    );
+    if lab.outside().is_some() {
+        examples.push(&outside_ping);
+    }
+    examples.extend(["kubectl get nodes -o wide", "status", "down"]);
     lab.keep();
     // How to call us again: lab.sh tells us, else our own path.
     let me = std::env::var("FLANNEL_LAB_CMD").unwrap_or_else(|_| {
@@ -261,14 +303,7 @@ fn up(options: &Options) -> Result<ExitCode, String> {
     });
     println!();
     println!("The lab keeps running in the background. Try:");
-    for example in [
-        "exec node-0 -- ip route",
-        "exec node-1 -- cat /run/flannel/subnet.env",
-        "exec node-1 -- bridge fdb show dev flannel.1",
-        "kubectl get nodes -o wide",
-        "status",
-        "down",
-    ] {
+    for example in examples {
         println!("  {me}{dir} {example}");
     }
     code
@@ -288,10 +323,16 @@ fn print_report(lab: &Lab, ping: bool) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!("Pod ping matrix:");
-    let matrix = lab.ping_matrix();
-    print!("{}", matrix.render());
-    if matrix.all_ok() {
+    let mut all_ok = true;
+    for (n, matrix) in lab.ping_matrices().iter().enumerate() {
+        if n > 0 {
+            println!();
+        }
+        println!("Pod ping matrix ({}):", matrix.family);
+        print!("{}", matrix.render());
+        all_ok &= matrix.all_ok();
+    }
+    if all_ok {
         Ok(ExitCode::SUCCESS)
     } else {
         println!(

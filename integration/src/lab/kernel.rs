@@ -11,6 +11,56 @@ use super::LabError;
 
 /// The VXLAN device flannel programs for IPv4.
 pub const VTEP: &str = "flannel.1";
+/// The VXLAN device flannel programs for IPv6 (dual-stack).
+pub const VTEP_V6: &str = "flannel-v6.1";
+/// The uplink of every lab node (host-gw routes go out on it).
+pub const UPLINK: &str = "eth0";
+
+/// An address family of the pod network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4.
+    #[default]
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// `-4` or `-6` for `ip`.
+    pub fn ip_flag(self) -> &'static str {
+        match self {
+            Family::V4 => "-4",
+            Family::V6 => "-6",
+        }
+    }
+
+    /// flannel's VXLAN device for this family (VNI 1).
+    pub fn vtep(self) -> &'static str {
+        match self {
+            Family::V4 => VTEP,
+            Family::V6 => VTEP_V6,
+        }
+    }
+
+    /// The family of an address or CIDR in text form.
+    pub fn of(text: &str) -> Family {
+        if text.contains(':') {
+            Family::V6
+        } else {
+            Family::V4
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
 
 /// A VXLAN device as `ip -d link show` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +83,9 @@ pub struct Vtep {
     pub link: Option<String>,
     /// Administratively up?
     pub up: bool,
-    /// IPv4 addresses with prefix length (`10.42.0.0/32`).
+    /// Addresses of the device's family with prefix length
+    /// (`10.42.0.0/32`; for `flannel-v6.1` the global ones,
+    /// `fd00:42::/128`).
     pub addrs: Vec<String>,
 }
 
@@ -125,9 +177,15 @@ fn items(value: Value) -> Vec<Value> {
     }
 }
 
-/// `ip -d link show <dev>` as a [`Vtep`], or `None` when there is no such
-/// device (or it is not VXLAN).
+/// `ip -d link show <dev>` as a [`Vtep`] with its IPv4 addresses, or
+/// `None` when there is no such device (or it is not VXLAN).
 pub fn vtep(netns: &str, dev: &str) -> Result<Option<Vtep>, LabError> {
+    vtep_of(netns, dev, Family::V4)
+}
+
+/// [`vtep`] listing the device's addresses of `family` (IPv6: global
+/// scope only, not the link-local one).
+pub fn vtep_of(netns: &str, dev: &str, family: Family) -> Result<Option<Vtep>, LabError> {
     let step = format!("reading {dev} in {netns}");
     let exists = Command::new("ip")
         .args(["-n", netns, "link", "show", dev])
@@ -154,7 +212,10 @@ pub fn vtep(netns: &str, dev: &str) -> Result<Option<Vtep>, LabError> {
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|a| a["family"] == "inet")
+        .filter(|a| match family {
+            Family::V4 => a["family"] == "inet",
+            Family::V6 => a["family"] == "inet6" && a["scope"] == "global",
+        })
         .filter_map(|a| {
             Some(format!(
                 "{}/{}",
@@ -170,7 +231,8 @@ pub fn vtep(netns: &str, dev: &str) -> Result<Option<Vtep>, LabError> {
         learning: data["learning"].as_bool().unwrap_or(true),
         mtu: link["mtu"].as_u64().unwrap_or_default(),
         mac: string(&link, "address").unwrap_or_default(),
-        local: string(data, "local"),
+        // iproute2 names an IPv6 local address `local6`.
+        local: string(data, "local").or_else(|| string(data, "local6")),
         link: string(data, "link"),
         up: strings(&link, "flags").iter().any(|f| f == "UP"),
         addrs,
@@ -179,22 +241,37 @@ pub fn vtep(netns: &str, dev: &str) -> Result<Option<Vtep>, LabError> {
 
 /// IPv4 routes of the main table.
 pub fn routes(netns: &str) -> Result<Vec<Route>, LabError> {
-    let step = format!("reading routes in {netns}");
-    Ok(items(json(&step, "ip", netns, &["-4", "route", "show"])?)
-        .iter()
-        .map(|r| Route {
-            dst: string(r, "dst").unwrap_or_default(),
-            gateway: string(r, "gateway"),
-            dev: string(r, "dev"),
-            protocol: string(r, "protocol"),
-            flags: strings(r, "flags"),
-        })
-        .collect())
+    routes_of(netns, Family::V4)
+}
+
+/// Routes of `family` in the main table.
+pub fn routes_of(netns: &str, family: Family) -> Result<Vec<Route>, LabError> {
+    let step = format!("reading {family} routes in {netns}");
+    Ok(items(json(
+        &step,
+        "ip",
+        netns,
+        &[family.ip_flag(), "route", "show"],
+    )?)
+    .iter()
+    .map(|r| Route {
+        dst: string(r, "dst").unwrap_or_default(),
+        gateway: string(r, "gateway"),
+        dev: string(r, "dev"),
+        protocol: string(r, "protocol"),
+        flags: strings(r, "flags"),
+    })
+    .collect())
 }
 
 /// IPv4 neighbours on `dev`.
 pub fn neighbours(netns: &str, dev: &str) -> Result<Vec<Neighbour>, LabError> {
-    let step = format!("reading neighbours on {dev} in {netns}");
+    neighbours_of(netns, dev, Family::V4)
+}
+
+/// Neighbours of `family` on `dev`.
+pub fn neighbours_of(netns: &str, dev: &str, family: Family) -> Result<Vec<Neighbour>, LabError> {
+    let step = format!("reading {family} neighbours on {dev} in {netns}");
     if !link_exists(netns, dev) {
         return Ok(Vec::new());
     }
@@ -202,7 +279,7 @@ pub fn neighbours(netns: &str, dev: &str) -> Result<Vec<Neighbour>, LabError> {
         &step,
         "ip",
         netns,
-        &["-4", "neigh", "show", "dev", dev],
+        &[family.ip_flag(), "neigh", "show", "dev", dev],
     )?)
     .iter()
     .map(|n| Neighbour {
@@ -239,6 +316,17 @@ fn link_exists(netns: &str, dev: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Every flannel VXLAN device (`flannel.<VNI>`, `flannel-v6.<VNI>`) in
+/// the namespace, by name.
+pub fn flannel_devices(netns: &str) -> Result<Vec<String>, LabError> {
+    let step = format!("listing links in {netns}");
+    Ok(items(json(&step, "ip", netns, &["link", "show"])?)
+        .iter()
+        .filter_map(|l| string(l, "ifname"))
+        .filter(|n| n.starts_with("flannel.") || n.starts_with("flannel-v6."))
+        .collect())
+}
+
 /// What a node's kernel holds for one peer (flannel's three entries).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerEntries {
@@ -262,50 +350,73 @@ impl PeerEntries {
     }
 }
 
-/// A peer as its Node publishes it.
+/// A peer as its Node publishes it, for one address family (for IPv6
+/// from `spec.podCIDRs`, `backend-v6-data` and `public-ipv6`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerView {
-    /// The peer's podCIDR (`10.42.1.0/24`).
+    /// The peer's podCIDR of the family (`10.42.1.0/24`,
+    /// `fd00:42:0:1::/64`).
     pub pod_cidr: String,
-    /// Its VTEP MAC (backend-data).
+    /// Its VTEP MAC (backend-data; empty for host-gw).
     pub vtep_mac: String,
-    /// Its public IP.
+    /// Its public IP of the family.
     pub public_ip: String,
 }
 
-/// A node's kernel state relevant to flannel vxlan, read at once.
+/// A node's kernel state relevant to flannel for one address family, read
+/// at once: the family's VXLAN device and its entries, and the routes.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    /// flannel.1, if present.
+    /// The family read.
+    pub family: Family,
+    /// flannel.1 (IPv6: flannel-v6.1), if present.
     pub vtep: Option<Vtep>,
-    /// IPv4 routes.
+    /// Routes of the family.
     pub routes: Vec<Route>,
-    /// Neighbours on flannel.1.
+    /// Neighbours on the VXLAN device.
     pub neighbours: Vec<Neighbour>,
-    /// FDB entries on flannel.1.
+    /// FDB entries on the VXLAN device.
     pub fdb: Vec<FdbEntry>,
 }
 
 impl Snapshot {
-    /// Reads the namespace.
+    /// Reads the namespace's IPv4 side (flannel.1).
     pub fn read(netns: &str) -> Result<Snapshot, LabError> {
+        Snapshot::read_family(netns, Family::V4)
+    }
+
+    /// Reads the namespace's `family` side (flannel.1 or flannel-v6.1).
+    pub fn read_family(netns: &str, family: Family) -> Result<Snapshot, LabError> {
+        let dev = family.vtep();
         Ok(Snapshot {
-            vtep: vtep(netns, VTEP)?,
-            routes: routes(netns)?,
-            neighbours: neighbours(netns, VTEP)?,
-            fdb: fdb(netns, VTEP)?,
+            family,
+            vtep: vtep_of(netns, dev, family)?,
+            routes: routes_of(netns, family)?,
+            neighbours: neighbours_of(netns, dev, family)?,
+            fdb: fdb(netns, dev)?,
         })
     }
 
-    /// The entries this node holds for `peer`.
+    /// Whether the host-gw route for `peer` is there:
+    /// `<peer lease> via <peer public IP> dev eth0`.
+    pub fn host_gw_route(&self, peer: &PeerView) -> bool {
+        self.routes.iter().any(|r| {
+            r.dst == peer.pod_cidr
+                && r.gateway.as_deref() == Some(peer.public_ip.as_str())
+                && r.dev.as_deref() == Some(UPLINK)
+        })
+    }
+
+    /// The VXLAN entries this node holds for `peer`.
     pub fn entries_for(&self, peer: &PeerView) -> PeerEntries {
         let network = peer.pod_cidr.split('/').next().unwrap_or_default();
         let mac = peer.vtep_mac.to_ascii_lowercase();
+        let dev = self.family.vtep();
         PeerEntries {
             route: self.routes.iter().any(|r| {
                 r.dst == peer.pod_cidr
                     && r.gateway.as_deref() == Some(network)
-                    && r.dev.as_deref() == Some(VTEP)
+                    && r.dev.as_deref() == Some(dev)
                     && r.onlink()
             }),
             neighbour: self.neighbours.iter().any(|n| {

@@ -7,16 +7,39 @@
 //!
 //! ```text
 //!  netns fl-ID-ul   bridge br0 192.168.1.1/24 (the underlay "switch" and
-//!                   the nodes' default gateway); port nI per node
+//!                   the nodes' default gateway); port nI per node;
+//!                   dual-stack: also fd00:1::1/64 on br0
 //!  netns fl-ID-nI   node I: eth0 192.168.1.(10+I)/24, default via .1;
-//!                   the agent programs flannel.1, cni0 comes with pods
-//!  netns fl-ID-nIpJ pod J on node I (eth0 from the bridge plugin)
+//!                   dual-stack: also fd00:1::(10+I)/64 (nodad), default
+//!                   via fd00:1::1, IPv6 forwarding on; podCIDR the I-th
+//!                   /24 of the cluster CIDR (and the I-th /64 of its IPv6
+//!                   CIDR); the agent programs flannel.1 (and flannel-v6.1)
+//!                   for vxlan or one route per peer for host-gw, plus its
+//!                   masquerade rules; cni0 comes with pods
+//!  netns fl-ID-nIpJ pod J on node I (eth0 from the bridge plugin; an IPv4
+//!                   and, dual-stack, an IPv6 address)
+//!  netns fl-ID-ext  with `outside_host` (`--outside-host`): a host "on the
+//!                   internet", eth0 203.0.113.10/24 (dual-stack: also
+//!                   2001:db8:1::10/64) on a veth to the underlay namespace,
+//!                   which routes to it (203.0.113.1, 2001:db8:1::1): the
+//!                   nodes reach it through their default route
 //!  DIR/state.json   what exists (namespaces, pids, API URL)
 //!  DIR/kubeconfig   for kubectl and the agents
 //!  DIR/logs/        apiserver.log, node-I.log
 //!  DIR/nodes/node-I/run      the node's /run      (run/flannel/subnet.env)
 //!  DIR/nodes/node-I/var-lib  the node's /var/lib  (cni/, rancher/k3s/)
 //! ```
+//!
+//! # Options
+//!
+//! [`Options::backend`] is passed to every agent as `--flannel-backend`:
+//! `vxlan` (the default) or `host-gw`; the status table and the checks
+//! follow it (host-gw: no VXLAN device, a peer is programmed when its
+//! `<lease> via <peer uplink IP> dev eth0` route is there).
+//! [`Options::cluster_cidr`] is one IPv4 CIDR or a dual-stack pair
+//! (`10.42.0.0/16,fd00:42::/56`, either order, as k3s's `--cluster-cidr`):
+//! then the underlay, the Nodes' `spec.podCIDRs` and the pods get both
+//! families, and [`Lab::ping_matrices`] has one matrix per family.
 //!
 //! Nothing is created in the machine's own network namespace: every link,
 //! address and route lives in the lab's namespaces, and the only traffic
@@ -54,7 +77,7 @@ pub mod state;
 pub mod util;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -70,9 +93,10 @@ use kernel::{PeerView, Snapshot};
 use process::{log_tail, spawn_background, ProcRef};
 use sandbox::NodeSandbox;
 use state::{LabState, NodeState, PodState, STATE_FILE};
-use util::{ip, ip_in, poll, run, Ipv4Cidr};
+use util::{ip, ip_in, poll, run, ClusterCidrs};
 
-pub use report::{NodeRow, PingMatrix, StatusTable};
+pub use kernel::Family;
+pub use report::{FamilyRow, NodeRow, PingMatrix, StatusTable};
 
 /// Default lab directory.
 pub const DEFAULT_DIR: &str = "/tmp/flannel-lab";
@@ -82,6 +106,17 @@ pub const DEFAULT_ID: &str = "lab";
 pub const MAX_NODES: usize = 240;
 /// The underlay gateway (the bridge's address in the underlay namespace).
 pub const UNDERLAY_GATEWAY: &str = "192.168.1.1";
+/// The underlay's IPv6 gateway (dual-stack labs).
+pub const UNDERLAY_GATEWAY_V6: &str = "fd00:1::1";
+/// The outside host's address ([`Options::outside_host`]), outside every
+/// lab network; the nodes reach it through the underlay gateway.
+pub const OUTSIDE_IP: &str = "203.0.113.10";
+/// The outside host's IPv6 address (dual-stack labs).
+pub const OUTSIDE_IPV6: &str = "2001:db8:1::10";
+/// The underlay namespace's address on the outside host's link.
+const OUTSIDE_GATEWAY: &str = "203.0.113.1";
+/// The same for IPv6.
+const OUTSIDE_GATEWAY_V6: &str = "2001:db8:1::1";
 /// Where Debian's containernetworking-plugins are.
 pub const SYSTEM_CNI_DIR: &str = crate::cni_runner::SYSTEM_CNI_DIR;
 
@@ -114,9 +149,11 @@ pub struct Options {
     pub dir: PathBuf,
     /// Number of nodes.
     pub nodes: usize,
-    /// `--flannel-backend` for the agents.
+    /// `--flannel-backend` for the agents: `vxlan` or `host-gw`.
     pub backend: String,
-    /// `--cluster-cidr` (IPv4; node podCIDRs are its /24s in order).
+    /// `--cluster-cidr`: an IPv4 CIDR, or an IPv4 and an IPv6 CIDR
+    /// (`10.42.0.0/16,fd00:42::/56`) for a dual-stack lab. Node podCIDRs
+    /// are its /24s (and /64s) in order.
     pub cluster_cidr: String,
     /// Pods attached per node (once the node's subnet.env exists).
     pub pods_per_node: usize,
@@ -131,6 +168,9 @@ pub struct Options {
     pub rust_log: String,
     /// Tear down a lab already set up in `dir` first instead of refusing.
     pub replace: bool,
+    /// Add the outside host `fl-<id>-ext` ([`OUTSIDE_IP`]) behind the
+    /// underlay gateway, for traffic leaving the cluster (masquerade).
+    pub outside_host: bool,
 }
 
 impl Options {
@@ -148,6 +188,7 @@ impl Options {
             bin_dir: bin_dir.to_path_buf(),
             rust_log: "info".to_string(),
             replace: false,
+            outside_host: false,
         }
     }
 
@@ -193,6 +234,14 @@ pub fn netns_prefix(id: &str) -> String {
 /// The uplink address of node `index`.
 pub fn uplink_ip(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 1, (10 + index) as u8)
+}
+
+/// The IPv6 uplink address of node `index` in a dual-stack lab
+/// (`fd00:1::10` for node 0: the IPv4 last octet written as the last group).
+pub fn uplink_ipv6(index: usize) -> Ipv6Addr {
+    format!("fd00:1::{}", 10 + index)
+        .parse()
+        .unwrap_or(Ipv6Addr::UNSPECIFIED)
 }
 
 /// Every `ip netns` name.
@@ -254,6 +303,7 @@ impl Lab {
                 backend: options.backend.clone(),
                 cluster_cidr: options.cluster_cidr.clone(),
                 underlay: None,
+                outside: None,
                 created_run_netns: !run_netns_existed,
                 apiserver: None,
                 api_url: None,
@@ -283,41 +333,77 @@ impl Lab {
     fn build(
         &mut self,
         options: &Options,
-        cluster: Ipv4Cidr,
+        cluster: ClusterCidrs,
         progress: &mut dyn FnMut(&str),
     ) -> Result<(), LabError> {
         let started = Instant::now();
-        self.make_underlay()?;
+        let dual = cluster.v6.is_some();
+        self.make_underlay(dual)?;
         progress(&format!(
-            "underlay: netns {} with bridge br0 {UNDERLAY_GATEWAY}/24",
-            self.underlay()
+            "underlay: netns {} with bridge br0 {UNDERLAY_GATEWAY}/24{}",
+            self.underlay(),
+            if dual {
+                format!(" and {UNDERLAY_GATEWAY_V6}/64")
+            } else {
+                String::new()
+            }
         ));
+        if options.outside_host {
+            self.make_outside(dual)?;
+            progress(&format!(
+                "outside host: netns {}, eth0 {OUTSIDE_IP}/24{} behind the underlay gateway",
+                self.state.outside.as_deref().unwrap_or_default(),
+                if dual {
+                    format!(" and {OUTSIDE_IPV6}/64")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         for index in 0..options.nodes {
+            let planning = |what: String| {
+                LabError::new(
+                    "planning addresses",
+                    format!("{what} has no subnet for node {index}"),
+                )
+            };
             let pod_cidr = cluster
+                .v4
                 .slash24(index as u32)
                 .map(|c| c.to_string())
-                .ok_or_else(|| {
-                    LabError::new(
-                        "planning addresses",
-                        format!("{cluster} has no /24 for node {index}"),
-                    )
-                })?;
+                .ok_or_else(|| planning(cluster.v4.to_string()))?;
+            let pod_cidr_v6 = match cluster.v6 {
+                Some(v6) => Some(
+                    v6.slash64(index as u32)
+                        .map(|c| c.to_string())
+                        .ok_or_else(|| planning(v6.to_string()))?,
+                ),
+                None => None,
+            };
             let node = NodeState {
                 index,
                 name: format!("node-{index}"),
                 netns: format!("{}n{index}", netns_prefix(&options.id)),
                 pod_cidr,
+                pod_cidr_v6,
                 uplink_ip: uplink_ip(index).to_string(),
+                uplink_ipv6: dual.then(|| uplink_ipv6(index).to_string()),
                 runs_agent: !options.without_agent.contains(&index),
                 agent: None,
             };
             self.state.nodes.push(node.clone());
             self.state.save()?;
             self.make_node(&node)?;
-            progress(&format!(
-                "{}: netns {}, eth0 {}/24 on the underlay, default via {UNDERLAY_GATEWAY}",
-                node.name, node.netns, node.uplink_ip
-            ));
+            match &node.uplink_ipv6 {
+                Some(v6) => progress(&format!(
+                    "{}: netns {}, eth0 {}/24 and {v6}/64 on the underlay, default via {UNDERLAY_GATEWAY} and {UNDERLAY_GATEWAY_V6}",
+                    node.name, node.netns, node.uplink_ip
+                )),
+                None => progress(&format!(
+                    "{}: netns {}, eth0 {}/24 on the underlay, default via {UNDERLAY_GATEWAY}",
+                    node.name, node.netns, node.uplink_ip
+                )),
+            }
         }
 
         self.start_apiserver()?;
@@ -328,10 +414,16 @@ impl Lab {
         ));
         for node in self.state.nodes.clone() {
             self.api()?.create(&lab_node(&node))?;
-            progress(&format!(
-                "{}: Node created with podCIDR {}",
-                node.name, node.pod_cidr
-            ));
+            match &node.pod_cidr_v6 {
+                Some(v6) => progress(&format!(
+                    "{}: Node created with podCIDRs {},{v6}",
+                    node.name, node.pod_cidr
+                )),
+                None => progress(&format!(
+                    "{}: Node created with podCIDR {}",
+                    node.name, node.pod_cidr
+                )),
+            }
         }
 
         for node in self.state.nodes.clone() {
@@ -387,11 +479,21 @@ impl Lab {
         for &index in &with_subnet_env {
             for pod in 0..options.pods_per_node {
                 let attached = self.attach_pod(index, pod)?;
+                let addresses: Vec<&str> = attached
+                    .ip
+                    .iter()
+                    .chain(&attached.ipv6)
+                    .map(String::as_str)
+                    .collect();
                 progress(&format!(
                     "{}: pod {} has {}",
                     self.state.nodes[index].name,
                     attached.name,
-                    attached.ip.as_deref().unwrap_or("no address")
+                    if addresses.is_empty() {
+                        "no address".to_string()
+                    } else {
+                        addresses.join(" and ")
+                    }
                 ));
             }
         }
@@ -415,7 +517,7 @@ impl Lab {
         Ok(())
     }
 
-    fn make_underlay(&mut self) -> Result<(), LabError> {
+    fn make_underlay(&mut self, dual: bool) -> Result<(), LabError> {
         let netns = format!("{}ul", netns_prefix(&self.state.id));
         let step = format!("creating the underlay namespace {netns}");
         ip(&step, &["netns", "add", &netns])?;
@@ -434,7 +536,78 @@ impl Lab {
                 "br0",
             ],
         )?;
+        if dual {
+            ip_in(
+                &step,
+                &netns,
+                &[
+                    "addr",
+                    "add",
+                    &format!("{UNDERLAY_GATEWAY_V6}/64"),
+                    "dev",
+                    "br0",
+                    "nodad",
+                ],
+            )?;
+        }
         ip_in(&step, &netns, &["link", "set", "br0", "up"])?;
+        Ok(())
+    }
+
+    /// The outside host: `fl-<id>-ext` on a veth `ext` from the underlay
+    /// namespace, which forwards between it and the nodes.
+    fn make_outside(&mut self, dual: bool) -> Result<(), LabError> {
+        let netns = format!("{}ext", netns_prefix(&self.state.id));
+        let underlay = self.underlay().to_string();
+        let step = format!("creating the outside host {netns}");
+        ip(&step, &["netns", "add", &netns])?;
+        self.state.outside = Some(netns.clone());
+        self.state.save()?;
+        ip_in(&step, &netns, &["link", "set", "lo", "up"])?;
+        ip_in(
+            &step,
+            &underlay,
+            &[
+                "link", "add", "ext", "type", "veth", "peer", "name", "eth0", "netns", &netns,
+            ],
+        )?;
+        let mut plan = vec![
+            (underlay.as_str(), "ext", format!("{OUTSIDE_GATEWAY}/24")),
+            (netns.as_str(), "eth0", format!("{OUTSIDE_IP}/24")),
+        ];
+        if dual {
+            plan.push((underlay.as_str(), "ext", format!("{OUTSIDE_GATEWAY_V6}/64")));
+            plan.push((netns.as_str(), "eth0", format!("{OUTSIDE_IPV6}/64")));
+        }
+        for (ns, dev, address) in &plan {
+            let mut args = vec!["addr", "add", address.as_str(), "dev", dev];
+            if address.contains(':') {
+                args.push("nodad");
+            }
+            ip_in(&step, ns, &args)?;
+        }
+        ip_in(&step, &underlay, &["link", "set", "ext", "up"])?;
+        ip_in(&step, &netns, &["link", "set", "eth0", "up"])?;
+        ip_in(
+            &step,
+            &netns,
+            &["route", "add", "default", "via", OUTSIDE_GATEWAY],
+        )?;
+        let mut sysctls = vec!["net.ipv4.ip_forward=1"];
+        if dual {
+            ip_in(
+                &step,
+                &netns,
+                &["-6", "route", "add", "default", "via", OUTSIDE_GATEWAY_V6],
+            )?;
+            sysctls.push("net.ipv6.conf.all.forwarding=1");
+        }
+        for sysctl in sysctls {
+            run(
+                &step,
+                Command::new("ip").args(["netns", "exec", &underlay, "sysctl", "-qw", sysctl]),
+            )?;
+        }
         Ok(())
     }
 
@@ -468,6 +641,14 @@ impl Lab {
                 "eth0",
             ],
         )?;
+        if let Some(v6) = &node.uplink_ipv6 {
+            // nodad: usable at once (flannel-v6.1's local address).
+            ip_in(
+                &step,
+                ns,
+                &["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"],
+            )?;
+        }
         ip_in(&step, ns, &["link", "set", "eth0", "up"])?;
         ip_in(
             &step,
@@ -483,17 +664,30 @@ impl Lab {
             ],
         )?;
         // What k3s's agent does on a node before flannel starts.
-        run(
-            &step,
-            Command::new("ip").args([
-                "netns",
-                "exec",
+        let mut sysctls = vec!["net.ipv4.ip_forward=1"];
+        if node.uplink_ipv6.is_some() {
+            ip_in(
+                &step,
                 ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ]),
-        )?;
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    UNDERLAY_GATEWAY_V6,
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            sysctls.push("net.ipv6.conf.all.forwarding=1");
+        }
+        for sysctl in sysctls {
+            run(
+                &step,
+                Command::new("ip").args(["netns", "exec", ns, "sysctl", "-qw", sysctl]),
+            )?;
+        }
         self.sandbox(node.index)
             .prepare()
             .map_err(|e| LabError::new(&step, format!("node directory: {e}")))?;
@@ -875,6 +1069,37 @@ impl Lab {
         Snapshot::read(&self.state.nodes[index].netns)
     }
 
+    /// Node `index`'s kernel state for `family` (IPv6: flannel-v6.1 and
+    /// the IPv6 routes).
+    pub fn kernel_of(&self, index: usize, family: Family) -> Result<Snapshot, LabError> {
+        Snapshot::read_family(&self.state.nodes[index].netns, family)
+    }
+
+    /// Whether the lab is dual-stack (its cluster CIDR has an IPv6 part).
+    pub fn dual_stack(&self) -> bool {
+        self.state.nodes.iter().any(|n| n.pod_cidr_v6.is_some())
+            || self.state.cluster_cidr.contains(':')
+    }
+
+    /// The lab's address families: IPv4, and IPv6 when dual-stack.
+    pub fn families(&self) -> Vec<Family> {
+        if self.dual_stack() {
+            vec![Family::V4, Family::V6]
+        } else {
+            vec![Family::V4]
+        }
+    }
+
+    /// The `--flannel-backend` the agents run with.
+    pub fn backend(&self) -> &str {
+        &self.state.backend
+    }
+
+    /// The outside host's namespace, when the lab has one.
+    pub fn outside(&self) -> Option<&str> {
+        self.state.outside.as_deref()
+    }
+
     /// The Node object of node `index` (None once deleted).
     pub fn node_object(&self, index: usize) -> Result<Option<Node>, LabError> {
         self.api()?.get(&self.state.nodes[index].name)
@@ -884,6 +1109,15 @@ impl Lab {
     /// publishes everything a peer needs.
     pub fn peer_view(&self, index: usize) -> Result<Option<PeerView>, LabError> {
         Ok(self.node_object(index)?.as_ref().and_then(peer_view))
+    }
+
+    /// [`Lab::peer_view`] for `family` (IPv6: its IPv6 podCIDR,
+    /// `backend-v6-data` and `public-ipv6`).
+    pub fn peer_view_of(&self, index: usize, family: Family) -> Result<Option<PeerView>, LabError> {
+        Ok(self
+            .node_object(index)?
+            .as_ref()
+            .and_then(|n| peer_view_of(n, family)))
     }
 
     /// `kubectl --kubeconfig <lab kubeconfig> <args>`.
@@ -911,6 +1145,7 @@ impl Lab {
             node: index,
             container_id: name.clone(),
             ip: None,
+            ipv6: None,
         };
         self.state.pods.push(state.clone());
         self.state.save()?;
@@ -943,12 +1178,30 @@ impl Lab {
         }
         let result: serde_json::Value = serde_json::from_slice(&output.stdout)
             .map_err(|e| LabError::new(&step, format!("CNI result is not JSON: {e}")))?;
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .ok_or_else(|| LabError::new(&step, format!("CNI result has no address: {result}")))?
-            .to_string();
-        state.ip = Some(ip);
+        let addresses: Vec<&str> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next())
+            .collect();
+        let first = |family: Family| {
+            addresses
+                .iter()
+                .find(|a| Family::of(a) == family)
+                .map(|a| a.to_string())
+        };
+        state.ip = first(Family::V4);
+        state.ipv6 = first(Family::V6);
+        let want_v6 = node.pod_cidr_v6.is_some();
+        if state.ip.is_none() || (want_v6 && state.ipv6.is_none()) {
+            return Err(LabError::new(
+                &step,
+                format!(
+                    "CNI result lacks an {} address: {result}",
+                    if state.ip.is_none() { "IPv4" } else { "IPv6" }
+                ),
+            ));
+        }
         if let Some(saved) = self.state.pods.iter_mut().find(|p| p.name == name) {
             *saved = state.clone();
         }
@@ -963,7 +1216,17 @@ impl Lab {
         command
     }
 
-    /// Whether pod `pod` gets an answer to a ping to `ip` within 3 s.
+    /// Pod `pod`'s address of `family`.
+    pub fn pod_ip(&self, pod: &str, family: Family) -> Option<String> {
+        let pod = self.state.pods.iter().find(|p| p.name == pod)?;
+        match family {
+            Family::V4 => pod.ip.clone(),
+            Family::V6 => pod.ipv6.clone(),
+        }
+    }
+
+    /// Whether pod `pod` gets an answer to a ping to `ip` (IPv4 or IPv6)
+    /// within 3 s.
     pub fn ping(&self, pod: &str, ip: &str) -> bool {
         self.pod_command(pod, "ping", &["-c", "1", "-i", "0.2", "-w", "3", "-q", ip])
             .output()
@@ -972,15 +1235,31 @@ impl Lab {
 
     // ------------------------------------------------------------- reports
 
-    /// The status table: per node its podCIDR, public IP, VtepMAC and how
-    /// many peers its kernel has fully programmed.
+    /// The status table: per node (and per family) its podCIDR, public
+    /// IP, VtepMAC (vxlan), its flannel device and how many peers its
+    /// kernel has fully programmed (vxlan: route, neighbour and FDB entry;
+    /// host-gw: the route via the peer's uplink address).
     pub fn status(&self) -> Result<StatusTable, LabError> {
         report::status(self)
     }
 
-    /// Pings between every two pods on different nodes.
+    /// IPv4 pings between every two pods.
     pub fn ping_matrix(&self) -> PingMatrix {
-        report::ping_matrix(self)
+        report::ping_matrix(self, Family::V4)
+    }
+
+    /// Pings of `family` between every two pods.
+    pub fn ping_matrix_of(&self, family: Family) -> PingMatrix {
+        report::ping_matrix(self, family)
+    }
+
+    /// One ping matrix per family of the lab (IPv4, then IPv6 when
+    /// dual-stack).
+    pub fn ping_matrices(&self) -> Vec<PingMatrix> {
+        self.families()
+            .into_iter()
+            .map(|f| report::ping_matrix(self, f))
+            .collect()
     }
 }
 
@@ -995,35 +1274,63 @@ impl Drop for Lab {
     }
 }
 
-/// A Node as the lab registers it: kubelet's Ready Node with the uplink as
-/// InternalIP and the podCIDR kube-controller-manager would assign.
+/// A Node as the lab registers it: kubelet's Ready Node with the uplink
+/// address(es) as InternalIP and the podCIDR(s) kube-controller-manager
+/// would assign (dual-stack: `spec.podCIDRs` IPv4 first, then IPv6).
 pub fn lab_node(node: &NodeState) -> Node {
     let mut object = ready_node(&node.name, Some(&node.pod_cidr));
     if let Some(status) = object.status.as_mut() {
-        status.addresses = Some(vec![
-            NodeAddress {
+        let mut addresses = vec![NodeAddress {
+            type_: "InternalIP".into(),
+            address: node.uplink_ip.clone(),
+        }];
+        if let Some(v6) = &node.uplink_ipv6 {
+            addresses.push(NodeAddress {
                 type_: "InternalIP".into(),
-                address: node.uplink_ip.clone(),
-            },
-            NodeAddress {
-                type_: "Hostname".into(),
-                address: node.name.clone(),
-            },
-        ]);
+                address: v6.clone(),
+            });
+        }
+        addresses.push(NodeAddress {
+            type_: "Hostname".into(),
+            address: node.name.clone(),
+        });
+        status.addresses = Some(addresses);
     }
     if let Some(spec) = object.spec.as_mut() {
         spec.provider_id = Some(format!("k3s://{}", node.name));
+        if let Some(v6) = &node.pod_cidr_v6 {
+            spec.pod_cidrs = Some(vec![node.pod_cidr.clone(), v6.clone()]);
+        }
     }
     object
 }
 
-/// What a Node publishes for its peers (podCIDR, VtepMAC, public IP).
+/// What a Node publishes for its IPv4 peers (podCIDR, VtepMAC, public IP).
 pub fn peer_view(node: &Node) -> Option<PeerView> {
+    peer_view_of(node, Family::V4)
+}
+
+/// What a Node publishes for its peers of `family`: the podCIDR of that
+/// family (`spec.podCIDRs`, or `spec.podCIDR`), the VtepMAC from
+/// `backend-data` / `backend-v6-data` (empty for host-gw's `null`) and
+/// `public-ip` / `public-ipv6`.
+pub fn peer_view_of(node: &Node, family: Family) -> Option<PeerView> {
     let annotations: &BTreeMap<String, String> = node.metadata.annotations.as_ref()?;
-    let pod_cidr = node.spec.as_ref()?.pod_cidr.clone()?;
-    let public_ip = annotations.get(&format!("{PREFIX}public-ip"))?.clone();
+    let spec = node.spec.as_ref()?;
+    let pod_cidr = spec
+        .pod_cidrs
+        .iter()
+        .flatten()
+        .chain(&spec.pod_cidr)
+        .find(|c| Family::of(c) == family)?
+        .clone();
+    let (public_ip, data) = match family {
+        Family::V4 => ("public-ip", "backend-data"),
+        Family::V6 => ("public-ipv6", "backend-v6-data"),
+    };
+    let public_ip = annotations.get(&format!("{PREFIX}{public_ip}"))?.clone();
     let data: serde_json::Value =
-        serde_json::from_str(annotations.get(&format!("{PREFIX}backend-data"))?).ok()?;
+        serde_json::from_str(annotations.get(&format!("{PREFIX}{data}"))?).ok()?;
     let vtep_mac = data["VtepMAC"].as_str().unwrap_or_default().to_string();
     Some(PeerView {
         pod_cidr,
@@ -1032,7 +1339,7 @@ pub fn peer_view(node: &Node) -> Option<PeerView> {
     })
 }
 
-fn check_options(options: &Options) -> Result<Ipv4Cidr, LabError> {
+fn check_options(options: &Options) -> Result<ClusterCidrs, LabError> {
     let step = "checking the lab options";
     let bad = |message: String| Err(LabError::new(step, message));
     if options.id.is_empty()
@@ -1050,12 +1357,29 @@ fn check_options(options: &Options) -> Result<Ipv4Cidr, LabError> {
     if options.nodes == 0 || options.nodes > MAX_NODES {
         return bad(format!("--nodes {}: use 1 to {MAX_NODES}", options.nodes));
     }
-    let cluster = Ipv4Cidr::parse(&options.cluster_cidr)
-        .map_err(|e| LabError::new(step, format!("--cluster-cidr {e}")))?;
-    if cluster.slash24_count() < options.nodes as u64 {
+    if !matches!(options.backend.as_str(), "vxlan" | "host-gw") {
         return bad(format!(
-            "--cluster-cidr {cluster} holds {} node /24s, fewer than --nodes {}",
-            cluster.slash24_count(),
+            "--backend {:?}: the lab runs vxlan or host-gw",
+            options.backend
+        ));
+    }
+    let cluster = ClusterCidrs::parse(&options.cluster_cidr)
+        .map_err(|e| LabError::new(step, format!("--cluster-cidr {e}")))?;
+    if cluster.v4.slash24_count() < options.nodes as u64 {
+        return bad(format!(
+            "--cluster-cidr {} holds {} node /24s, fewer than --nodes {}",
+            cluster.v4,
+            cluster.v4.slash24_count(),
+            options.nodes
+        ));
+    }
+    if let Some(v6) = cluster
+        .v6
+        .filter(|v6| v6.slash64_count() < options.nodes as u64)
+    {
+        return bad(format!(
+            "--cluster-cidr {v6} holds {} node /64s, fewer than --nodes {}",
+            v6.slash64_count(),
             options.nodes
         ));
     }

@@ -1,19 +1,45 @@
 //! The status table and the pod ping matrix `flannel-lab` prints.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::kernel::{PeerView, Snapshot};
-use super::{peer_view, Lab, LabError};
+use super::kernel::{flannel_devices, Family, PeerView, Snapshot, Vtep};
+use super::{peer_view_of, Lab, LabError};
 use crate::fixtures::PREFIX;
 
-/// One node's line in the status table.
+/// One address family of a node in the status table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FamilyRow {
+    /// The family.
+    pub family: Family,
+    /// podCIDR of this family from the Node object (`- (no Node)` once
+    /// the Node is gone).
+    pub pod_cidr: String,
+    /// public-ip (IPv6: public-ipv6) annotation.
+    pub public_ip: Option<String>,
+    /// VtepMAC from backend-data (IPv6: backend-v6-data); None for
+    /// host-gw.
+    pub vtep_mac: Option<String>,
+    /// The family's VXLAN device in the node's kernel (flannel.1,
+    /// flannel-v6.1), None when absent.
+    pub device: Option<Vtep>,
+    /// Peers publishing this family.
+    pub peers_expected: usize,
+    /// Of those, peers this node's kernel has programmed for this family
+    /// (vxlan: route, neighbour and FDB entry; host-gw: the route via the
+    /// peer's public IP on eth0).
+    pub peers_programmed: usize,
+}
+
+/// One node in the status table: a line per family.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeRow {
     /// Node name.
     pub name: String,
     /// Its network namespace.
     pub netns: String,
-    /// podCIDR from its Node object (`-` once the Node is gone).
+    /// IPv4 podCIDR from its Node object (`- (no Node)` once the Node is
+    /// gone).
     pub pod_cidr: String,
     /// public-ip annotation.
     pub public_ip: Option<String>,
@@ -21,9 +47,14 @@ pub struct NodeRow {
     pub vtep_mac: Option<String>,
     /// MAC of flannel.1 in the node's kernel (None: no device).
     pub kernel_mac: Option<String>,
-    /// Peers (other Nodes publishing a lease, MAC and public IP).
+    /// Per family (IPv4 first; IPv6 too in a dual-stack lab).
+    pub families: Vec<FamilyRow>,
+    /// Flannel VXLAN devices in the node's kernel (any family).
+    pub devices: Vec<String>,
+    /// Peers (other Nodes publishing a lease, and for vxlan a MAC, and a
+    /// public IP), in any family.
     pub peers_expected: usize,
-    /// Of those, peers with route, neighbour and FDB entry in the kernel.
+    /// Of those, peers programmed in every family they publish.
     pub peers_programmed: usize,
     /// The agent's pid when it runs.
     pub agent: Option<u32>,
@@ -33,51 +64,91 @@ pub struct NodeRow {
     pub subnet_env: bool,
 }
 
+impl NodeRow {
+    /// The row of `family`, if the lab has it.
+    pub fn family(&self, family: Family) -> Option<&FamilyRow> {
+        self.families.iter().find(|f| f.family == family)
+    }
+}
+
 /// The status table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatusTable {
+    /// The agents' `--flannel-backend`.
+    pub backend: String,
     /// One row per node.
     pub rows: Vec<NodeRow>,
 }
 
 impl StatusTable {
-    /// The table as text.
+    /// The table as text: one line per node and family; host-gw has no
+    /// VTEPMAC column and its DEVICE column says `none` (no flannel
+    /// device) unless one is left over.
     pub fn render(&self) -> String {
-        let header = [
-            "NODE",
-            "PODCIDR",
-            "PUBLIC IP",
-            "VTEPMAC",
-            "FLANNEL.1",
+        let host_gw = self.backend == "host-gw";
+        let dual = self.rows.iter().any(|r| r.families.len() > 1);
+        let mut header = vec!["NODE"];
+        if dual {
+            header.push("FAMILY");
+        }
+        header.extend(["PODCIDR", "PUBLIC IP"]);
+        if !host_gw {
+            header.push("VTEPMAC");
+        }
+        header.extend([
+            if host_gw { "DEVICE" } else { "FLANNEL DEVICE" },
             "PEERS PROGRAMMED",
             "SUBNET.ENV",
             "AGENT",
-        ];
-        let rows: Vec<[String; 8]> = self
-            .rows
-            .iter()
-            .map(|r| {
-                let kernel = match (&r.kernel_mac, &r.vtep_mac) {
-                    (None, _) => "absent".to_string(),
-                    (Some(k), Some(a)) if k.eq_ignore_ascii_case(a) => "up, same MAC".to_string(),
-                    (Some(k), _) => format!("MAC {k}"),
-                };
-                [
-                    r.name.clone(),
-                    r.pod_cidr.clone(),
-                    r.public_ip.clone().unwrap_or_else(|| "-".into()),
-                    r.vtep_mac.clone().unwrap_or_else(|| "-".into()),
-                    kernel,
-                    format!("{}/{}", r.peers_programmed, r.peers_expected),
-                    if r.subnet_env { "yes" } else { "no" }.to_string(),
-                    match (r.runs_agent, r.agent) {
+        ]);
+        let dash = || "-".to_string();
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        for r in &self.rows {
+            for (n, f) in r.families.iter().enumerate() {
+                let first = n == 0;
+                let mut cells = vec![if first { r.name.clone() } else { String::new() }];
+                if dual {
+                    cells.push(f.family.to_string());
+                }
+                cells.push(f.pod_cidr.clone());
+                cells.push(f.public_ip.clone().unwrap_or_else(dash));
+                if !host_gw {
+                    cells.push(f.vtep_mac.clone().unwrap_or_else(dash));
+                }
+                cells.push(if host_gw {
+                    match (first, r.devices.is_empty()) {
+                        (false, _) => String::new(),
+                        (true, true) => "none".to_string(),
+                        (true, false) => format!("{} (not host-gw's)", r.devices.join(",")),
+                    }
+                } else {
+                    match (&f.device, &f.vtep_mac) {
+                        (None, _) => "absent".to_string(),
+                        (Some(d), mac) => {
+                            let state = if d.up { "up" } else { "down" };
+                            match mac {
+                                Some(m) if m.eq_ignore_ascii_case(&d.mac) => {
+                                    format!("{} {state}, same MAC", d.name)
+                                }
+                                _ => format!("{} {state}, MAC {}", d.name, d.mac),
+                            }
+                        }
+                    }
+                });
+                cells.push(format!("{}/{}", f.peers_programmed, f.peers_expected));
+                if first {
+                    cells.push(if r.subnet_env { "yes" } else { "no" }.to_string());
+                    cells.push(match (r.runs_agent, r.agent) {
                         (false, _) => "none (by hand)".to_string(),
                         (true, Some(pid)) => format!("pid {pid}"),
                         (true, None) => "stopped".to_string(),
-                    },
-                ]
-            })
-            .collect();
+                    });
+                } else {
+                    cells.extend([String::new(), String::new()]);
+                }
+                rows.push(cells);
+            }
+        }
         let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
         for row in &rows {
             for (width, cell) in widths.iter_mut().zip(row) {
@@ -93,7 +164,7 @@ impl StatusTable {
                 .collect();
             let _ = writeln!(text, "{}", cells.join("  ").trim_end());
         };
-        line(&mut text, header.to_vec());
+        line(&mut text, header.clone());
         for row in &rows {
             line(&mut text, row.iter().map(String::as_str).collect());
         }
@@ -103,17 +174,22 @@ impl StatusTable {
 
 pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
     let objects = lab.api()?.list()?;
-    let peers: Vec<(String, PeerView, bool)> = objects
+    let families = lab.families();
+    // (family, name, view, is host-gw) of every Node that publishes the
+    // family.
+    let peers: Vec<(Family, String, PeerView, bool)> = families
         .iter()
-        .filter_map(|node| {
-            let name = node.metadata.name.clone()?;
-            let host_gw = node
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(&format!("{PREFIX}backend-type")))
-                .is_some_and(|t| t == "host-gw");
-            Some((name, peer_view(node)?, host_gw))
+        .flat_map(|&family| {
+            objects.iter().filter_map(move |node| {
+                let name = node.metadata.name.clone()?;
+                let host_gw = node
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(&format!("{PREFIX}backend-type")))
+                    .is_some_and(|t| t == "host-gw");
+                Some((family, name, peer_view_of(node, family)?, host_gw))
+            })
         })
         .collect();
     let mut rows = Vec::new();
@@ -124,51 +200,91 @@ pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
         let annotations = object
             .and_then(|o| o.metadata.annotations.clone())
             .unwrap_or_default();
-        let vtep_mac = annotations
-            .get(&format!("{PREFIX}backend-data"))
-            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .and_then(|d| d["VtepMAC"].as_str().map(str::to_string));
-        let kernel = Snapshot::read(&node.netns)?;
-        let others: Vec<&(String, PeerView, bool)> = peers
-            .iter()
-            .filter(|(name, _, _)| *name != node.name)
-            .collect();
-        let programmed = others
-            .iter()
-            .filter(|(_, peer, host_gw)| {
-                if *host_gw {
-                    kernel.routes.iter().any(|r| {
-                        r.dst == peer.pod_cidr
-                            && r.gateway.as_deref() == Some(peer.public_ip.as_str())
-                    })
+        let mut family_rows = Vec::new();
+        // Peer name → programmed in every family it publishes so far.
+        let mut complete: BTreeMap<&str, bool> = BTreeMap::new();
+        for &family in &families {
+            let kernel = Snapshot::read_family(&node.netns, family)?;
+            let (ip_key, data_key) = match family {
+                Family::V4 => ("public-ip", "backend-data"),
+                Family::V6 => ("public-ipv6", "backend-v6-data"),
+            };
+            let vtep_mac = annotations
+                .get(&format!("{PREFIX}{data_key}"))
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                .and_then(|d| d["VtepMAC"].as_str().map(str::to_string));
+            let pod_cidr = object
+                .and_then(|o| {
+                    let spec = o.spec.as_ref()?;
+                    spec.pod_cidrs
+                        .iter()
+                        .flatten()
+                        .chain(&spec.pod_cidr)
+                        .find(|c| Family::of(c) == family)
+                        .cloned()
+                })
+                .unwrap_or_else(|| {
+                    if object.is_some() {
+                        "-".into()
+                    } else {
+                        "- (no Node)".into()
+                    }
+                });
+            let mut expected = 0;
+            let mut programmed = 0;
+            for (_, name, peer, host_gw) in peers
+                .iter()
+                .filter(|(f, name, _, _)| *f == family && *name != node.name)
+            {
+                expected += 1;
+                let ok = if *host_gw {
+                    kernel.host_gw_route(peer)
                 } else {
                     kernel.entries_for(peer).complete()
-                }
-            })
-            .count();
+                };
+                programmed += usize::from(ok);
+                *complete.entry(name.as_str()).or_insert(true) &= ok;
+            }
+            family_rows.push(FamilyRow {
+                family,
+                pod_cidr,
+                public_ip: annotations.get(&format!("{PREFIX}{ip_key}")).cloned(),
+                vtep_mac,
+                device: kernel.vtep.clone(),
+                peers_expected: expected,
+                peers_programmed: programmed,
+            });
+        }
+        let v4 = family_rows.first().cloned().unwrap_or_default();
         rows.push(NodeRow {
             name: node.name.clone(),
             netns: node.netns.clone(),
-            pod_cidr: object
-                .and_then(|o| o.spec.as_ref()?.pod_cidr.clone())
-                .unwrap_or_else(|| "- (no Node)".into()),
-            public_ip: annotations.get(&format!("{PREFIX}public-ip")).cloned(),
-            vtep_mac,
-            kernel_mac: kernel.vtep.as_ref().map(|v| v.mac.clone()),
-            peers_expected: others.len(),
-            peers_programmed: programmed,
+            pod_cidr: v4.pod_cidr.clone(),
+            public_ip: v4.public_ip.clone(),
+            vtep_mac: v4.vtep_mac.clone(),
+            kernel_mac: v4.device.as_ref().map(|v| v.mac.clone()),
+            families: family_rows,
+            devices: flannel_devices(&node.netns)?,
+            peers_expected: complete.len(),
+            peers_programmed: complete.values().filter(|ok| **ok).count(),
             agent: node.agent.as_ref().filter(|p| p.alive()).map(|p| p.pid),
             runs_agent: node.runs_agent,
             subnet_env: lab.sandbox(node.index).subnet_env().exists(),
         });
     }
-    Ok(StatusTable { rows })
+    Ok(StatusTable {
+        backend: lab.backend().to_string(),
+        rows,
+    })
 }
 
-/// Pings between pods: `results[i][j]` is pod i → pod j (None on the
-/// diagonal and for pods without an address).
+/// Pings between pods over one address family: `results[i][j]` is pod i
+/// → pod j's address of that family (None on the diagonal and for pods
+/// without an address of the family).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PingMatrix {
+    /// The family pinged.
+    pub family: Family,
     /// Pods as (name, node name, address).
     pub pods: Vec<(String, String, Option<String>)>,
     /// Outcomes.
@@ -225,11 +341,17 @@ impl PingMatrix {
     }
 }
 
-pub(super) fn ping_matrix(lab: &Lab) -> PingMatrix {
+pub(super) fn ping_matrix(lab: &Lab, family: Family) -> PingMatrix {
     let pods: Vec<(String, String, Option<String>)> = lab
         .pods()
         .iter()
-        .map(|p| (p.name.clone(), lab.node(p.node).name.clone(), p.ip.clone()))
+        .map(|p| {
+            let ip = match family {
+                Family::V4 => p.ip.clone(),
+                Family::V6 => p.ipv6.clone(),
+            };
+            (p.name.clone(), lab.node(p.node).name.clone(), ip)
+        })
         .collect();
     let mut results = vec![vec![None; pods.len()]; pods.len()];
     let jobs: Vec<(usize, usize, &str, &str)> = pods
@@ -262,5 +384,9 @@ pub(super) fn ping_matrix(lab: &Lab) -> PingMatrix {
             results[i][j] = Some(ok);
         }
     }
-    PingMatrix { pods, results }
+    PingMatrix {
+        family,
+        pods,
+        results,
+    }
 }

@@ -21,10 +21,16 @@ pub struct NodeState {
     pub name: String,
     /// Network namespace (`fl-<id>-n0`).
     pub netns: String,
-    /// podCIDR the lab assigned (as kube-controller-manager would).
+    /// IPv4 podCIDR the lab assigned (as kube-controller-manager would).
     pub pod_cidr: String,
+    /// IPv6 podCIDR in a dual-stack lab (`fd00:42:0:1::/64`).
+    #[serde(default)]
+    pub pod_cidr_v6: Option<String>,
     /// Address of the node's uplink `eth0` (`192.168.1.10`).
     pub uplink_ip: String,
+    /// IPv6 address of `eth0` in a dual-stack lab (`fd00:1::10`).
+    #[serde(default)]
+    pub uplink_ipv6: Option<String>,
     /// Whether the lab runs an agent on this node.
     pub runs_agent: bool,
     /// The running agent, if any.
@@ -42,6 +48,9 @@ pub struct PodState {
     pub container_id: String,
     /// Its IPv4 address, once attached.
     pub ip: Option<String>,
+    /// Its IPv6 address (dual-stack), once attached.
+    #[serde(default)]
+    pub ipv6: Option<String>,
 }
 
 /// The whole lab.
@@ -59,6 +68,9 @@ pub struct LabState {
     pub cluster_cidr: String,
     /// The underlay namespace (holds the bridge).
     pub underlay: Option<String>,
+    /// The "outside" host's namespace, when the lab has one.
+    #[serde(default)]
+    pub outside: Option<String>,
     /// Whether `/run/netns` did not exist before this lab (then `down`
     /// removes it again when it is empty).
     pub created_run_netns: bool,
