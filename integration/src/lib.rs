@@ -3,6 +3,7 @@
 //! and the benchmarks join this crate as they land.)
 
 pub mod apiserver;
+pub mod bench;
 pub mod cni_runner;
 pub mod fixtures;
 pub mod lab;

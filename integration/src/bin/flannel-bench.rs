@@ -36,6 +36,35 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// Event latency: API write -> entry visible in the kernel, at N peers.
+    Events {
+        #[arg(long, default_value_t = 5000)]
+        peers: u32,
+        #[arg(long, default_value_t = 500)]
+        events: u32,
+        /// Events per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
+    /// Idle churn: status-only Node updates; kernel writes, CPU, RSS.
+    Churn {
+        #[arg(long, default_value_t = 5000)]
+        peers: u32,
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
+    /// CNI ADD+DEL through `flannel` vs the bare `bridge` delegate.
+    Cni {
+        #[arg(long, default_value_t = 200)]
+        pods: u32,
+    },
+    /// Pod-to-pod iperf3, RTT and path MTU over the overlay vs the underlay.
+    DataPlane {
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// Cold sync: a `flannel-agent` process in a fresh namespace programs N
     /// peers (API already up); the same entries through `ip -batch` and
     /// `bridge -batch` in a twin namespace are the floor (plain onlink
@@ -67,6 +96,20 @@ fn main() -> std::process::ExitCode {
     };
     match args.scenario {
         Scenario::Peers { nodes, runs } => runtime.block_on(peers(&nodes, runs.max(1))),
+        Scenario::Events {
+            peers,
+            events,
+            rate,
+        } => report(runtime.block_on(integration::bench::api::event_latency(peers, events, rate))),
+        Scenario::Churn {
+            peers,
+            rate,
+            seconds,
+        } => report(runtime.block_on(integration::bench::api::idle_churn(peers, rate, seconds))),
+        Scenario::Cni { pods } => report(integration::bench::plane::cni_overhead(pods)),
+        Scenario::DataPlane { seconds } => {
+            report(runtime.block_on(integration::bench::plane::data_plane(seconds)))
+        }
         Scenario::ColdSync { peers, runs } => {
             match runtime.block_on(cold_sync(&peers, runs.max(1))) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -397,4 +440,17 @@ fn process_usage(pid: u32) -> (f64, f64) {
         })
         .unwrap_or(0.0);
     (hwm_kib / 1024.0, ticks / 100.0)
+}
+
+fn report(result: Result<String, String>) -> std::process::ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flannel-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

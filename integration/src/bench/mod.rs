@@ -1,0 +1,4 @@
+//! Benchmarks that the `flannel-bench` tool runs.
+
+pub mod api;
+pub mod plane;
