@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use flannel_embed::{Backend, Config, Handle};
 use k8s_openapi::api::core::v1::Node;
@@ -193,4 +194,53 @@ impl NodePair {
     pub fn spawn(&self, i: usize) -> Handle {
         flannel_embed::spawn(self.server.client().expect("client"), self.config(i))
     }
+}
+
+/// Ready, and the other node of a [`NodePair`] programmed as a peer (the
+/// other agent may publish its annotations a moment after this one is
+/// ready). Panics with the task's status when it does not get there.
+pub async fn ready_with_peer(handle: &Handle) {
+    match tokio::time::timeout(Duration::from_secs(20), handle.ready()).await {
+        Ok(result) => result.expect("ready without error"),
+        Err(_) => panic!("not ready within 20 s: {:?}", handle.status()),
+    }
+    let mut status = handle.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.peers_programmed == 1),
+    )
+    .await
+    .expect("the peer is programmed within 10 s")
+    .expect("the task is running");
+}
+
+/// Polls `check` every 20 ms until it holds; returns how long it took.
+/// Panics naming `what` after `limit`.
+pub async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+/// The route to `dst` as `ip route` prints it in `ns`, if any.
+pub fn route_to(ns: &TestNetns, dst: &str) -> Option<String> {
+    let family = if dst.contains(':') { "-6" } else { "-4" };
+    ns.ip(&[family, "route", "show"])
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(dst))
+        .map(str::to_string)
+}
+
+/// Whether an `ip route` line means `via <via> dev <dev> proto 77
+/// [onlink]`, plain or through a nexthop object (`... nhid N via ...`).
+pub fn means(line: &str, via: &str, dev: &str, onlink: bool) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
+    after("via") == Some(via)
+        && after("dev") == Some(dev)
+        && after("proto") == Some("77")
+        && words.contains(&"onlink") == onlink
 }

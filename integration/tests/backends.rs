@@ -2,44 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use flannel_embed::{Backend, Handle};
-use integration::fixtures::NodePair;
+use flannel_embed::Backend;
+use integration::fixtures::{means, ready_with_peer, route_to, NodePair};
 use integration::netns::TestNetns;
-
-async fn ready_with_peer(handle: &Handle) {
-    match tokio::time::timeout(Duration::from_secs(20), handle.ready()).await {
-        Ok(result) => result.expect("ready without error"),
-        Err(_) => panic!("not ready within 20 s: {:?}", handle.status()),
-    }
-    let mut status = handle.watch_status();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        status.wait_for(|s| s.peers_programmed == 1),
-    )
-    .await
-    .expect("the peer is programmed within 10 s")
-    .expect("the task is running");
-}
-
-/// The route to `dst` as `ip route` prints it, if any.
-fn route_to(ns: &TestNetns, dst: &str) -> Option<String> {
-    let family = if dst.contains(':') { "-6" } else { "-4" };
-    ns.ip(&[family, "route", "show"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(dst))
-        .map(str::to_string)
-}
-
-/// Whether an `ip route` line means `via <via> dev <dev> proto 77
-/// [onlink]`, plain or through a nexthop object (`... nhid N via ...`).
-fn means(line: &str, via: &str, dev: &str, onlink: bool) -> bool {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
-    after("via") == Some(via)
-        && after("dev") == Some(dev)
-        && after("proto") == Some("77")
-        && words.contains(&"onlink") == onlink
-}
 
 /// Pings until it answers (IPv6 addresses may still be settling).
 async fn pings(ns: &TestNetns, target: &str) -> bool {

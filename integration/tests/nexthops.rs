@@ -5,10 +5,10 @@
 //! as a `flannel-agent` process with `FLANNEL_EMBED_NEXTHOPS=off`.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use flannel_embed::{Backend, Handle};
-use integration::fixtures::NodePair;
+use flannel_embed::Backend;
+use integration::fixtures::{ready_with_peer, route_to, within, NodePair};
 use integration::netns::TestNetns;
 use integration::{wait_for_file, workspace_bin, Running};
 
@@ -16,40 +16,6 @@ use integration::{wait_for_file, workspace_bin, Running};
 const NODE1_ID: u32 = 0x0a2a_0100;
 /// 10.42.0.0: node 0's.
 const NODE0_ID: u32 = 0x0a2a_0000;
-
-async fn ready(handle: &Handle) {
-    match tokio::time::timeout(Duration::from_secs(20), handle.ready()).await {
-        Ok(result) => result.expect("ready without error"),
-        Err(_) => panic!("not ready within 20 s: {:?}", handle.status()),
-    }
-    let mut status = handle.watch_status();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        status.wait_for(|s| s.peers_programmed == 1),
-    )
-    .await
-    .expect("the peer is programmed within 10 s")
-    .expect("the task is running");
-}
-
-/// Polls `check` until it holds; returns how long it took.
-async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
-/// The route to `dst` as `ip route` prints it, if any.
-fn route_to(ns: &TestNetns, dst: &str) -> Option<String> {
-    let family = if dst.contains(':') { "-6" } else { "-4" };
-    ns.ip(&[family, "route", "show"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(dst))
-        .map(str::to_string)
-}
 
 /// The word after `key` in an `ip` line.
 fn after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
@@ -104,8 +70,8 @@ fn pings(ns: &TestNetns, args: &[&str]) -> bool {
 async fn routes_point_at_nexthop_objects_and_carry_traffic() {
     let lab = NodePair::new("nh", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let [n0, n1] = &lab.nodes;
 
     // `ip nexthop`: one object per peer, ours, onlink on flannel.1, its id
@@ -156,8 +122,8 @@ async fn routes_point_at_nexthop_objects_and_carry_traffic() {
 async fn hand_deleted_or_changed_nexthops_and_routes_are_restored() {
     let lab = NodePair::new("nhf", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let n0 = &lab.nodes[0];
     let whole = || {
         nexthop_route(n0, "10.42.1.0/24", "10.42.1.0", "flannel.1") == Some(NODE1_ID)
@@ -214,8 +180,8 @@ async fn hand_deleted_or_changed_nexthops_and_routes_are_restored() {
 async fn a_removed_peer_leaves_no_nexthop_behind() {
     let lab = NodePair::new("nhg", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let n0 = &lab.nodes[0];
     assert_eq!(our_nexthops(n0), vec![NODE1_ID]);
     h1.shutdown().await.unwrap();
@@ -234,8 +200,8 @@ async fn a_removed_peer_leaves_no_nexthop_behind() {
 async fn a_restart_keeps_ids_and_removes_stale_objects() {
     let lab = NodePair::new("nhs", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     h0.shutdown().await.unwrap();
     let n0 = &lab.nodes[0];
 
@@ -296,7 +262,7 @@ async fn a_restart_keeps_ids_and_removes_stale_objects() {
     add(&["route", "add", "10.98.0.0/24", "nhid", "4545"]);
 
     let h0 = lab.spawn(0);
-    ready(&h0).await;
+    ready_with_peer(&h0).await;
     // Deletions wait for the complete peer list: give the pass a moment.
     within(Duration::from_secs(3), "stale objects removed", || {
         !our_nexthops(n0).contains(&4242) && !our_nexthops(n0).contains(&4343)
@@ -334,8 +300,8 @@ async fn a_restart_keeps_ids_and_removes_stale_objects() {
 async fn host_gw_routes_through_nexthops_on_the_uplink() {
     let lab = NodePair::new("nhhg", Backend::HostGw);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let [n0, n1] = &lab.nodes;
     let line = route_to(n0, "10.42.1.0/24").unwrap_or_default();
     let id: u32 = after(&line, "nhid")
@@ -408,8 +374,8 @@ async fn the_fallback_programs_plain_onlink_routes_and_migrates_both_ways() {
 
     // First with nexthops (in this process), then stopped.
     let h0 = lab.spawn(0);
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     assert_eq!(our_nexthops(n0), vec![NODE1_ID]);
     h0.shutdown().await.unwrap();
 
@@ -433,7 +399,7 @@ async fn the_fallback_programs_plain_onlink_routes_and_migrates_both_ways() {
 
     // And back: nexthops again.
     let h0 = lab.spawn(0);
-    ready(&h0).await;
+    ready_with_peer(&h0).await;
     within(Duration::from_secs(3), "back to a nexthop route", || {
         nexthop_route(n0, "10.42.1.0/24", "10.42.1.0", "flannel.1") == Some(NODE1_ID)
     })
@@ -447,8 +413,8 @@ async fn the_fallback_programs_plain_onlink_routes_and_migrates_both_ways() {
 async fn dual_stack_gives_each_family_its_own_objects() {
     let lab = NodePair::with_cluster_cidr("nhds", Backend::Vxlan, "10.42.0.0/16,fd00:42::/56");
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let n0 = &lab.nodes[0];
     let v4 = nexthop_route(n0, "10.42.1.0/24", "10.42.1.0", "flannel.1");
     let v6 = nexthop_route(n0, "fd00:42:0:1::/64", "fd00:42:0:1::", "flannel-v6.1");

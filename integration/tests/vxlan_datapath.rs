@@ -3,60 +3,11 @@
 //! process, each bound to its node's namespace), the test API server between
 //! them. What an operator checks with `ip`, `bridge` and `ping`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use flannel_embed::{Backend, Handle, Phase};
-use integration::fixtures::{NodePair, PREFIX};
+use flannel_embed::{Backend, Phase};
+use integration::fixtures::{means, ready_with_peer, route_to, within, NodePair, PREFIX};
 use integration::netns::TestNetns;
-
-/// Ready, and the other node programmed as a peer (the other agent may
-/// publish its annotations a moment after this one is ready).
-async fn ready(handle: &Handle) {
-    tokio::time::timeout(Duration::from_secs(20), handle.ready())
-        .await
-        .expect("ready within 20 s")
-        .expect("ready without error");
-    let mut status = handle.watch_status();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        status.wait_for(|s| s.peers_programmed == 1),
-    )
-    .await
-    .expect("the peer is programmed within 10 s")
-    .expect("the task is running");
-}
-
-/// Polls `check` until it holds; returns how long it took.
-async fn within(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
-}
-
-/// The route to `dst` as `ip route` prints it, if any.
-fn route_to(ns: &TestNetns, dst: &str) -> Option<String> {
-    let family = if dst.contains(':') { "-6" } else { "-4" };
-    ns.ip(&[family, "route", "show"])
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(dst))
-        .map(str::to_string)
-}
-
-/// Whether an `ip route` line means `via <via> dev <dev> proto 77
-/// [onlink]`, plain (`10.42.1.0/24 via 10.42.1.0 dev flannel.1 proto 77
-/// onlink`) or through a nexthop object (`10.42.1.0/24 nhid 170590464 via
-/// 10.42.1.0 dev flannel.1 proto 77 onlink`).
-fn means(line: &str, via: &str, dev: &str, onlink: bool) -> bool {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let after = |key: &str| words.windows(2).find(|w| w[0] == key).map(|w| w[1]);
-    after("via") == Some(via)
-        && after("dev") == Some(dev)
-        && after("proto") == Some("77")
-        && words.contains(&"onlink") == onlink
-}
 
 fn vtep_mac(ns: &TestNetns) -> String {
     let link = ns.ip(&["-o", "link", "show", "flannel.1"]);
@@ -71,8 +22,8 @@ fn vtep_mac(ns: &TestNetns) -> String {
 async fn two_nodes_reproduce_the_seed_data_path() {
     let lab = NodePair::new("vx", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let [n0, n1] = &lab.nodes;
 
     // subnet.env: the seed's four lines.
@@ -161,8 +112,8 @@ async fn two_nodes_reproduce_the_seed_data_path() {
 async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
     let lab = NodePair::new("vxf", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     let n0 = &lab.nodes[0];
     let has_route =
         || route_to(n0, "10.42.1.0/24").is_some_and(|l| means(&l, "10.42.1.0", "flannel.1", true));
@@ -263,8 +214,8 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
 async fn entries_of_peers_deleted_while_stopped_are_removed_at_start() {
     let lab = NodePair::new("vxs", Backend::Vxlan);
     let (h0, h1) = (lab.spawn(0), lab.spawn(1));
-    ready(&h0).await;
-    ready(&h1).await;
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
     h0.shutdown().await.unwrap();
     h1.shutdown().await.unwrap();
     let n0 = &lab.nodes[0];

@@ -49,7 +49,7 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut created, mut changed, mut deleted) = (0u32, 0u32, 0u32);
-    let (cpu_before, _) = usage(agent.pid);
+    let cpu_before = super::usage(agent.pid).cpu_seconds;
     let writes_started = Instant::now();
     for n in 0..events {
         interval.tick().await;
@@ -92,8 +92,9 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
     // Give the last events time to land, then stop watching.
     tokio::time::sleep(Duration::from_secs(2)).await;
     watcher.abort();
-    let cpu_percent =
-        (usage(agent.pid).0 - cpu_before) / writes_started.elapsed().as_secs_f64() * 100.0;
+    let cpu_percent = (super::usage(agent.pid).cpu_seconds - cpu_before)
+        / writes_started.elapsed().as_secs_f64()
+        * 100.0;
 
     let seen = seen.lock().map_err(|e| e.to_string())?.clone();
     // Latencies (ms) by kind: create, change, delete.
@@ -161,7 +162,8 @@ pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<String, S
     let overruns = Arc::new(Mutex::new(0u64));
     let watcher = spawn_monitor(&agent, seen.clone(), overruns.clone()).await?;
 
-    let (cpu_before, rss_before) = usage(agent.pid);
+    let before = super::usage(agent.pid);
+    let (cpu_before, rss_before) = (before.cpu_seconds, before.rss_mib);
     let started = Instant::now();
     let updates = u64::from(rate) * u64::from(seconds);
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
@@ -184,7 +186,8 @@ pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<String, S
     // A last second for anything the final updates trigger.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let wall = started.elapsed().as_secs_f64();
-    let (cpu_after, rss_after) = usage(agent.pid);
+    let after = super::usage(agent.pid);
+    let (cpu_after, rss_after) = (after.cpu_seconds, after.rss_mib);
     watcher.abort();
 
     let seen = seen.lock().map_err(|e| e.to_string())?.clone();
@@ -567,29 +570,4 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// CPU seconds (utime + stime) and current RSS (VmRSS, MiB) of a process.
-fn usage(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // utime and stime: the 14th and 15th fields, counted after the ")"
-    // that ends the command name.
-    let ticks: f64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0);
-    (ticks / 100.0, rss_kib / 1024.0)
 }

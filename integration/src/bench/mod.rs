@@ -2,3 +2,46 @@
 
 pub mod api;
 pub mod plane;
+
+/// What a process has used so far, from `/proc/<pid>/status` and `stat`
+/// (zeros when the process is gone).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    /// user + system CPU seconds.
+    pub cpu_seconds: f64,
+    /// Current resident set (VmRSS), MiB.
+    pub rss_mib: f64,
+    /// Peak resident set (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// Reads a process's CPU time and memory.
+pub fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |field: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime: the 14th and 15th fields, counted after the ")"
+    // that ends the command name.
+    let ticks: f64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .skip(11)
+                .take(2)
+                .filter_map(|v| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0);
+    Usage {
+        cpu_seconds: ticks / 100.0,
+        rss_mib: kib("VmRSS:") / 1024.0,
+        peak_rss_mib: kib("VmHWM:") / 1024.0,
+    }
+}

@@ -403,7 +403,8 @@ async fn agent_run(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (rss_mib, cpu_seconds) = process_usage(pid);
+    let usage = integration::bench::usage(pid);
+    let (rss_mib, cpu_seconds) = (usage.peak_rss_mib, usage.cpu_seconds);
     let _ = child.kill();
     let _ = child.wait();
     let routes = count_routes(&ns);
@@ -415,31 +416,6 @@ async fn agent_run(
         rss_mib,
         cpu_seconds,
     })
-}
-
-/// Peak RSS (VmHWM, MiB) and user+system CPU seconds of a process.
-fn process_usage(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that ends the command name; utime and stime are
-    // the 14th and 15th fields overall.
-    let ticks: f64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .skip(11)
-                .take(2)
-                .filter_map(|v| v.parse::<f64>().ok())
-                .sum()
-        })
-        .unwrap_or(0.0);
-    (hwm_kib / 1024.0, ticks / 100.0)
 }
 
 fn report(result: Result<String, String>) -> std::process::ExitCode {
