@@ -210,6 +210,123 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
     h1.shutdown().await.unwrap();
 }
 
+/// The agent keeps a model of what the kernel holds and folds kernel
+/// notifications into it: the echo of its own writes changes nothing, but
+/// an entry of ours altered by hand, or a stray entry on our device, must
+/// still be noticed and put right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_altered_behind_the_agents_back_are_put_right() {
+    let lab = NodePair::new("vxa", Backend::Vxlan);
+    let (h0, h1) = (lab.spawn(0), lab.spawn(1));
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
+    let n0 = &lab.nodes[0];
+    let mac1 = vtep_mac(&lab.nodes[1]);
+    let fdb = || {
+        String::from_utf8_lossy(
+            &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+                .stdout,
+        )
+        .into_owned()
+    };
+    let bridge = |args: &[&str]| {
+        let out = n0.exec("bridge", args);
+        assert!(
+            out.status.success(),
+            "bridge {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // Our neighbour given another MAC.
+    n0.ip(&[
+        "neigh",
+        "replace",
+        "10.42.1.0",
+        "lladdr",
+        "0a:ee:ee:ee:ee:01",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    let took = within(Duration::from_secs(2), "neighbour MAC restored", || {
+        n0.ip(&["neigh", "show", "10.42.1.0", "dev", "flannel.1"])
+            .contains(&format!("lladdr {mac1}"))
+    })
+    .await;
+    println!("neighbour MAC restored after {took:?}");
+
+    // A stray permanent neighbour and a stray FDB entry on our device.
+    n0.ip(&[
+        "neigh",
+        "add",
+        "10.42.77.0",
+        "lladdr",
+        "0a:ee:ee:ee:ee:02",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    bridge(&[
+        "fdb",
+        "append",
+        "0a:ee:ee:ee:ee:03",
+        "dev",
+        "flannel.1",
+        "dst",
+        "192.168.1.77",
+        "self",
+        "permanent",
+    ]);
+    within(Duration::from_secs(2), "stray entries removed", || {
+        !n0.ip(&["neigh", "show", "dev", "flannel.1"])
+            .contains("10.42.77.0")
+            && !fdb().contains("0a:ee:ee:ee:ee:03")
+    })
+    .await;
+
+    // Our route pointed at another gateway.
+    n0.ip(&[
+        "route",
+        "replace",
+        "10.42.1.0/24",
+        "via",
+        "10.42.1.9",
+        "dev",
+        "flannel.1",
+        "onlink",
+        "proto",
+        "77",
+    ]);
+    within(Duration::from_secs(2), "route restored", || {
+        route_to(n0, "10.42.1.0/24").is_some_and(|l| means(&l, "10.42.1.0", "flannel.1", true))
+    })
+    .await;
+
+    // After all that, a peer change still lands: the public IP moves.
+    lab.server
+        .update_node("node-1", |n| {
+            n.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(format!("{PREFIX}public-ip"), "192.168.1.98".into());
+        })
+        .unwrap();
+    within(
+        Duration::from_secs(2),
+        "fdb follows the new public ip",
+        || {
+            let fdb = fdb();
+            fdb.contains(&format!("{mac1} dst 192.168.1.98")) && !fdb.contains("192.168.1.13")
+        },
+    )
+    .await;
+    h0.shutdown().await.unwrap();
+    h1.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_of_peers_deleted_while_stopped_are_removed_at_start() {
     let lab = NodePair::new("vxs", Backend::Vxlan);

@@ -4,6 +4,7 @@
 //! the operations.
 
 pub mod host_gw;
+pub mod incremental;
 pub mod nexthop;
 pub mod vxlan;
 
@@ -202,6 +203,219 @@ impl fmt::Display for Op {
             Op::AddNexthop(n) => write!(f, "add {n}"),
             Op::ReplaceNexthop(n) => write!(f, "replace {n}"),
             Op::DelNexthop(n) => write!(f, "delete {n}"),
+        }
+    }
+}
+
+/// A kernel notification reduced to the model's terms (see
+/// [`KernelEntries::observe`]); `netlink` makes these from raw messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// A neighbour (ARP/NDP) entry was added, changed or deleted.
+    Neighbour {
+        /// Its device.
+        ifindex: u32,
+        /// Its address.
+        ip: IpAddr,
+        /// Its link-layer address, if it has one.
+        mac: Option<MacAddr>,
+        /// NUD_PERMANENT (ours always are).
+        permanent: bool,
+        /// RTM_DELNEIGH.
+        deleted: bool,
+    },
+    /// A bridge FDB entry with a remote (`dst`) was added or deleted.
+    Fdb {
+        /// Its device.
+        ifindex: u32,
+        /// The entry.
+        entry: FdbEntry,
+        /// RTM_DELNEIGH.
+        deleted: bool,
+    },
+    /// A route of ours (protocol [`ROUTE_PROTOCOL`]) was added, replaced or
+    /// deleted.
+    Route {
+        /// The route as the kernel reports it.
+        route: RouteEntry,
+        /// RTM_DELROUTE.
+        deleted: bool,
+    },
+    /// A route that is not ours was added, pointing at nexthop `id`.
+    ForeignRouteUsesNexthop {
+        /// The nexthop id it points at.
+        id: u32,
+    },
+    /// A nexthop object was added, replaced or deleted.
+    Nexthop {
+        /// Its id.
+        id: u32,
+        /// Our kind of object (protocol 77, a gateway and a device), or
+        /// `None` (someone else's, a group).
+        ours: Option<Nexthop>,
+        /// RTM_DELNEXTHOP.
+        deleted: bool,
+    },
+    /// A link changed or went away.
+    Link {
+        /// Its index.
+        index: u32,
+        /// Its name, when the message carries one.
+        name: Option<String>,
+    },
+    /// An address was added to or removed from a link.
+    Address {
+        /// The link's index.
+        index: u32,
+    },
+    /// Notifications were lost: anything may have changed.
+    Overrun,
+    /// Nothing the data paths own or depend on.
+    Unrelated,
+}
+
+/// Which entries of an [`Observation`] a model covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// The device whose neighbours and FDB entries are ours (the vxlan
+    /// device), or `None` (host-gw owns none).
+    pub device: Option<u32>,
+    /// IPv4 entries.
+    pub ipv4: bool,
+    /// IPv6 entries.
+    pub ipv6: bool,
+}
+
+impl Scope {
+    fn covers(&self, ip: IpAddr) -> bool {
+        if ip.is_ipv6() {
+            self.ipv6
+        } else {
+            self.ipv4
+        }
+    }
+}
+
+impl KernelEntries {
+    /// Records an operation the kernel accepted, so the model keeps
+    /// matching the kernel without dumping it again.
+    pub fn record(&mut self, op: &Op) {
+        match op {
+            Op::SetNeighbour(n) => {
+                self.neighbours.insert(n.ip, n.mac);
+            }
+            Op::DelNeighbour(n) => {
+                self.neighbours.remove(&n.ip);
+            }
+            Op::SetFdb(e) => {
+                self.fdb.insert(*e);
+            }
+            Op::DelFdb(e) => {
+                self.fdb.remove(e);
+            }
+            Op::SetRoute(r) => {
+                self.routes.insert(r.dst, *r);
+            }
+            Op::DelRoute(r) => {
+                self.routes.remove(&r.dst);
+            }
+            Op::AddNexthop(n) => {
+                self.other_nexthop_ids.remove(&n.id);
+                self.nexthops.insert(n.id, *n);
+            }
+            Op::ReplaceNexthop(n) => {
+                self.nexthops.insert(n.id, *n);
+                // The routes on it now lead where it does (as a dump would
+                // show them).
+                for route in self.routes.values_mut() {
+                    if route.nexthop == Some(n.id) {
+                        (route.gateway, route.oif, route.onlink) = (n.gateway, n.oif, n.onlink);
+                    }
+                }
+            }
+            Op::DelNexthop(n) => {
+                self.nexthops.remove(&n.id);
+                self.nexthops_used_elsewhere.remove(&n.id);
+            }
+        }
+    }
+
+    /// Folds one kernel notification into the model. Returns `true` when
+    /// the kernel changed behind our back (an entry of ours deleted or
+    /// altered, a stray entry where only ours belong): the model is then
+    /// no longer trusted and the caller dumps again. The echo of our own
+    /// writes, and anything outside `scope`, returns `false`.
+    pub fn observe(&mut self, scope: &Scope, observation: &Observation) -> bool {
+        match observation {
+            Observation::Neighbour {
+                ifindex,
+                ip,
+                mac,
+                permanent,
+                deleted,
+            } => {
+                if Some(*ifindex) != scope.device || !scope.covers(*ip) {
+                    return false;
+                }
+                let ours = self.neighbours.get(ip);
+                match (deleted, permanent) {
+                    (true, _) => ours.is_some(),
+                    // A permanent entry is either ours as recorded or one
+                    // to correct.
+                    (false, true) => mac.as_ref() != ours,
+                    // The kernel's own (incomplete, stale) entries are none
+                    // of our business unless they replaced one of ours.
+                    (false, false) => ours.is_some(),
+                }
+            }
+            Observation::Fdb {
+                ifindex,
+                entry,
+                deleted,
+            } => {
+                if Some(*ifindex) != scope.device || !scope.covers(entry.dst) {
+                    return false;
+                }
+                // Deleted while still ours, or added without us.
+                *deleted == self.fdb.contains(entry)
+            }
+            Observation::Route { route, deleted } => {
+                if !scope.covers(route.dst.ip()) {
+                    return false;
+                }
+                let ours = self.routes.get(&route.dst);
+                if *deleted {
+                    ours.is_some()
+                } else {
+                    !ours.is_some_and(|r| r.is_satisfied_by(route))
+                }
+            }
+            Observation::ForeignRouteUsesNexthop { id } => {
+                if self.nexthops.contains_key(id) {
+                    self.nexthops_used_elsewhere.insert(*id);
+                }
+                false
+            }
+            Observation::Nexthop { id, ours, deleted } => {
+                match (ours.filter(|n| scope.covers(n.gateway)), deleted) {
+                    (_, true) => {
+                        self.other_nexthop_ids.remove(id);
+                        // Deleting one of ours takes its routes with it,
+                        // silently.
+                        self.nexthops.contains_key(id)
+                    }
+                    (Some(found), false) => self.nexthops.get(id) != Some(&found),
+                    (None, false) => {
+                        self.other_nexthop_ids.insert(*id);
+                        // Someone else's object under one of our ids.
+                        self.nexthops.contains_key(id)
+                    }
+                }
+            }
+            Observation::Link { .. }
+            | Observation::Address { .. }
+            | Observation::Overrun
+            | Observation::Unrelated => false,
         }
     }
 }
@@ -562,5 +776,282 @@ mod tests {
             Op::DelNexthop(nexthop).to_string(),
             "delete nexthop id 170524928 via 10.42.1.0 dev #5 onlink"
         );
+    }
+
+    const DEV: u32 = 5;
+    const V4: Scope = Scope {
+        device: Some(DEV),
+        ipv4: true,
+        ipv6: false,
+    };
+
+    fn nexthop(id: u32, gw: &str) -> Nexthop {
+        Nexthop {
+            id,
+            gateway: ip(gw),
+            oif: DEV,
+            onlink: true,
+        }
+    }
+
+    /// A model after the ops of one pass were recorded: the echo of each
+    /// op, as the kernel sends it, changes nothing and asks for no dump.
+    #[test]
+    fn the_echo_of_our_own_writes_is_not_a_change() {
+        let desired = via_nexthops(
+            state(&[("10.42.1.0/24", "10.42.1.0", 1, "192.168.1.11")]),
+            &[7],
+        );
+        let mut model = KernelEntries::default();
+        for op in diff(&desired, &model, true).iter().flatten() {
+            model.record(op);
+        }
+        assert_eq!(
+            diff(&desired, &model, true),
+            [vec![], vec![], vec![], vec![]]
+        );
+        let route = desired.routes.values().next().copied().unwrap();
+        let echoes = [
+            Observation::Neighbour {
+                ifindex: DEV,
+                ip: ip("10.42.1.0"),
+                mac: Some(mac(1)),
+                permanent: true,
+                deleted: false,
+            },
+            Observation::Fdb {
+                ifindex: DEV,
+                entry: FdbEntry {
+                    mac: mac(1),
+                    dst: ip("192.168.1.11"),
+                },
+                deleted: false,
+            },
+            Observation::Nexthop {
+                id: 7,
+                ours: Some(nexthop(7, "10.42.1.0")),
+                deleted: false,
+            },
+            Observation::Route {
+                route,
+                deleted: false,
+            },
+        ];
+        for echo in &echoes {
+            assert!(!model.observe(&V4, echo), "{echo:?}");
+        }
+        // Deleting the peer: recorded first, so the DEL echoes are quiet too.
+        let empty = KernelEntries::default();
+        for op in diff(&empty, &model, true).iter().flatten() {
+            model.record(op);
+        }
+        assert_eq!(model, KernelEntries::default());
+        let deleted_echoes = [
+            Observation::Route {
+                route,
+                deleted: true,
+            },
+            Observation::Nexthop {
+                id: 7,
+                ours: Some(nexthop(7, "10.42.1.0")),
+                deleted: true,
+            },
+            Observation::Neighbour {
+                ifindex: DEV,
+                ip: ip("10.42.1.0"),
+                mac: Some(mac(1)),
+                permanent: true,
+                deleted: true,
+            },
+        ];
+        for echo in &deleted_echoes {
+            assert!(!model.observe(&V4, echo), "{echo:?}");
+        }
+    }
+
+    /// What someone else did to our entries is a change (dump again);
+    /// what happens outside our device and family is not.
+    #[test]
+    fn changes_behind_our_back_invalidate_the_model() {
+        let model = via_nexthops(
+            state(&[("10.42.1.0/24", "10.42.1.0", 1, "192.168.1.11")]),
+            &[7],
+        );
+        let route = model.routes.values().next().copied().unwrap();
+        let neighbour =
+            |ifindex, address: &str, m: u8, permanent, deleted| Observation::Neighbour {
+                ifindex,
+                ip: ip(address),
+                mac: Some(mac(m)),
+                permanent,
+                deleted,
+            };
+        let fdb = |m: u8, dst: &str, deleted| Observation::Fdb {
+            ifindex: DEV,
+            entry: FdbEntry {
+                mac: mac(m),
+                dst: ip(dst),
+            },
+            deleted,
+        };
+        let table: Vec<(&str, Observation, bool)> = vec![
+            (
+                "our neighbour deleted",
+                neighbour(DEV, "10.42.1.0", 1, true, true),
+                true,
+            ),
+            (
+                "our neighbour given another MAC",
+                neighbour(DEV, "10.42.1.0", 2, true, false),
+                true,
+            ),
+            (
+                "our neighbour made dynamic",
+                neighbour(DEV, "10.42.1.0", 1, false, false),
+                true,
+            ),
+            (
+                "a stray permanent neighbour",
+                neighbour(DEV, "10.42.9.0", 9, true, false),
+                true,
+            ),
+            (
+                "the kernel's own neighbour",
+                neighbour(DEV, "10.42.9.0", 9, false, false),
+                false,
+            ),
+            (
+                "a stale entry expiring",
+                neighbour(DEV, "10.42.9.0", 9, false, true),
+                false,
+            ),
+            (
+                "another device",
+                neighbour(DEV + 1, "10.42.1.0", 1, true, true),
+                false,
+            ),
+            (
+                "another family",
+                neighbour(DEV, "fd00::1", 1, true, false),
+                false,
+            ),
+            ("our FDB entry deleted", fdb(1, "192.168.1.11", true), true),
+            ("a stray FDB entry", fdb(1, "192.168.1.99", false), true),
+            (
+                "a stray FDB entry going",
+                fdb(1, "192.168.1.99", true),
+                false,
+            ),
+            (
+                "our route deleted",
+                Observation::Route {
+                    route,
+                    deleted: true,
+                },
+                true,
+            ),
+            (
+                "our route pointed elsewhere",
+                Observation::Route {
+                    route: RouteEntry {
+                        nexthop: Some(8),
+                        ..route
+                    },
+                    deleted: false,
+                },
+                true,
+            ),
+            (
+                "our nexthop deleted (its routes went silently)",
+                Observation::Nexthop {
+                    id: 7,
+                    ours: Some(nexthop(7, "10.42.1.0")),
+                    deleted: true,
+                },
+                true,
+            ),
+            (
+                "our nexthop given another gateway",
+                Observation::Nexthop {
+                    id: 7,
+                    ours: Some(nexthop(7, "10.42.9.0")),
+                    deleted: false,
+                },
+                true,
+            ),
+            (
+                "someone else's object under our id",
+                Observation::Nexthop {
+                    id: 7,
+                    ours: None,
+                    deleted: false,
+                },
+                true,
+            ),
+            (
+                "someone else's object",
+                Observation::Nexthop {
+                    id: 99,
+                    ours: None,
+                    deleted: false,
+                },
+                false,
+            ),
+            (
+                "an IPv6 object of ours, another path's business",
+                Observation::Nexthop {
+                    id: 7,
+                    ours: Some(Nexthop {
+                        gateway: ip("fd00::1"),
+                        ..nexthop(7, "10.42.1.0")
+                    }),
+                    deleted: false,
+                },
+                true,
+            ),
+            (
+                "a foreign route on our nexthop",
+                Observation::ForeignRouteUsesNexthop { id: 7 },
+                false,
+            ),
+            ("unrelated", Observation::Unrelated, false),
+        ];
+        for (what, observation, stale) in table {
+            let mut copy = model.clone();
+            assert_eq!(copy.observe(&V4, &observation), stale, "{what}");
+        }
+    }
+
+    /// Notifications keep the found-only facts current: someone else's
+    /// nexthop ids (never reused), and our objects a foreign route points
+    /// at (never deleted).
+    #[test]
+    fn notifications_keep_foreign_nexthop_facts() {
+        let mut model = via_nexthops(
+            state(&[("10.42.1.0/24", "10.42.1.0", 1, "192.168.1.11")]),
+            &[7],
+        );
+        let other = Observation::Nexthop {
+            id: 99,
+            ours: None,
+            deleted: false,
+        };
+        assert!(!model.observe(&V4, &other));
+        assert!(model.other_nexthop_ids.contains(&99));
+        assert!(!model.observe(&V4, &Observation::ForeignRouteUsesNexthop { id: 7 }));
+        let ops = diff(&KernelEntries::default(), &model, true);
+        assert!(
+            !ops.iter()
+                .flatten()
+                .any(|op| matches!(op, Op::DelNexthop(_))),
+            "{ops:?}"
+        );
+        let gone = Observation::Nexthop {
+            id: 99,
+            ours: None,
+            deleted: true,
+        };
+        assert!(!model.observe(&V4, &gone));
+        assert!(model.other_nexthop_ids.is_empty());
     }
 }

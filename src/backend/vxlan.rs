@@ -6,9 +6,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{FdbEntry, KernelEntries, RouteEntry};
+use super::{FdbEntry, KernelEntries, Neighbour, RouteEntry};
 use crate::config::VxlanConf;
-use crate::kube_subnet::{PeerBackend, PeerSet};
+use crate::kube_subnet::{Peer, PeerBackend, PeerSet};
 use crate::mac::MacAddr;
 
 /// VXLAN encapsulation overhead subtracted from the uplink MTU (IPv4
@@ -156,56 +156,93 @@ pub fn desired_entries(
 ) -> KernelEntries {
     let mut entries = KernelEntries::default();
     for peer in peers.iter() {
-        let (lease, public, backend) = if ipv6 {
-            (
-                peer.lease.ipv6.map(IpNetwork::V6),
-                peer.public_ipv6.map(IpAddr::V6),
-                peer.backend_v6.as_ref(),
-            )
-        } else {
-            (
-                peer.lease.ipv4.map(IpNetwork::V4),
-                peer.public_ip.map(IpAddr::V4),
-                peer.backend_v4.as_ref(),
-            )
-        };
-        let (Some(dst), Some(public), Some(PeerBackend::Vxlan { vtep_mac })) =
-            (lease, public, backend)
-        else {
-            continue;
-        };
-        if let Some(direct) = direct.filter(|d| d.connected.iter().any(|net| net.contains(public)))
-        {
-            entries.routes.insert(
-                dst,
-                RouteEntry {
-                    dst,
-                    gateway: public,
-                    oif: direct.uplink_index,
-                    onlink: false,
-                    nexthop: None,
-                },
-            );
-            continue;
+        match peer_entries(peer, device_index, direct, ipv6) {
+            Some(PeerEntries::Direct(route)) => {
+                entries.routes.insert(route.dst, route);
+            }
+            Some(PeerEntries::Encapsulated {
+                neighbour,
+                fdb,
+                route,
+            }) => {
+                entries.neighbours.insert(neighbour.ip, neighbour.mac);
+                entries.fdb.insert(fdb);
+                entries.routes.insert(route.dst, route);
+            }
+            None => {}
         }
-        let vtep = dst.network();
-        entries.neighbours.insert(vtep, *vtep_mac);
-        entries.fdb.insert(FdbEntry {
-            mac: *vtep_mac,
-            dst: public,
-        });
-        entries.routes.insert(
-            dst,
-            RouteEntry {
-                dst,
-                gateway: vtep,
-                oif: device_index,
-                onlink: true,
-                nexthop: None,
-            },
-        );
     }
     entries
+}
+
+/// What one peer needs in one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEntries {
+    /// DirectRouting: a plain route through the uplink.
+    Direct(RouteEntry),
+    /// Encapsulated: neighbour, FDB entry and onlink route on the device.
+    Encapsulated {
+        /// VTEP address → VTEP MAC.
+        neighbour: Neighbour,
+        /// VTEP MAC → public IP.
+        fdb: FdbEntry,
+        /// Lease via the VTEP address, onlink.
+        route: RouteEntry,
+    },
+}
+
+/// One peer's entries in one family, or `None` when the peer has nothing
+/// for it (another family only, another backend's data).
+pub fn peer_entries(
+    peer: &Peer,
+    device_index: u32,
+    direct: Option<&DirectRouting>,
+    ipv6: bool,
+) -> Option<PeerEntries> {
+    let (lease, public, backend) = if ipv6 {
+        (
+            peer.lease.ipv6.map(IpNetwork::V6),
+            peer.public_ipv6.map(IpAddr::V6),
+            peer.backend_v6.as_ref(),
+        )
+    } else {
+        (
+            peer.lease.ipv4.map(IpNetwork::V4),
+            peer.public_ip.map(IpAddr::V4),
+            peer.backend_v4.as_ref(),
+        )
+    };
+    let (Some(dst), Some(public), Some(PeerBackend::Vxlan { vtep_mac })) = (lease, public, backend)
+    else {
+        return None;
+    };
+    if let Some(direct) = direct.filter(|d| d.connected.iter().any(|net| net.contains(public))) {
+        return Some(PeerEntries::Direct(RouteEntry {
+            dst,
+            gateway: public,
+            oif: direct.uplink_index,
+            onlink: false,
+            nexthop: None,
+        }));
+    }
+    let vtep = dst.network();
+    Some(PeerEntries::Encapsulated {
+        neighbour: Neighbour {
+            ip: vtep,
+            mac: *vtep_mac,
+        },
+        fdb: FdbEntry {
+            mac: *vtep_mac,
+            dst: public,
+        },
+        route: RouteEntry {
+            dst,
+            gateway: vtep,
+            oif: device_index,
+            onlink: true,
+            nexthop: None,
+        },
+    })
 }
 
 #[cfg(test)]

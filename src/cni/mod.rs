@@ -58,14 +58,15 @@ pub use version::{
 /// default `warn`); a tracing subscriber the host already installed is
 /// kept.
 pub fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
+    // Every pod start pays for this: the filter parser only runs when
+    // RUST_LOG asks for something.
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .try_init();
+        .with_ansi(false);
+    let _ = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => logs.with_env_filter(filter).try_init(),
+        Err(_) => logs.with_max_level(tracing::Level::WARN).try_init(),
+    };
     let outcome = run(
         &|name| std::env::var(name).ok(),
         &mut std::io::stdin().lock(),

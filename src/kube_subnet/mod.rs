@@ -25,8 +25,8 @@ pub use annotations::{
 pub use lease::{lease_state, Lease, LeaseError, LeaseState};
 pub use node::{SlimNode, SlimNodeSpec};
 pub use peers::{
-    assemble_peer_set, build_peer_set, Candidate, Peer, PeerBackend, PeerContext, PeerSet,
-    PeerSetBuild, SkipReason,
+    assemble_peer_set, build_peer_set, Candidate, Peer, PeerBackend, PeerContext, PeerResolver,
+    PeerSet, PeerSetBuild, SkipReason,
 };
 pub use watch::{watch_peers, PeerReceiver, PeerSnapshot};
 

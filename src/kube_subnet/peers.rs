@@ -2,9 +2,10 @@
 //! reason (which the watcher logs once); it never stops the task and never
 //! hides the good peers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 use k8s_openapi::jiff::Timestamp;
@@ -53,9 +54,11 @@ pub struct Peer {
 
 /// Every programmable peer, by node name. Compared as a whole: an update
 /// that changes nothing here (a kubelet heartbeat) changes no snapshot.
+/// Names and peers are shared, so a copy per published snapshot costs a
+/// reference count per peer, not a deep clone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerSet {
-    peers: BTreeMap<String, Peer>,
+    peers: BTreeMap<Arc<str>, Arc<Peer>>,
 }
 
 impl PeerSet {
@@ -69,11 +72,68 @@ impl PeerSet {
     }
     /// A peer by node name.
     pub fn get(&self, name: &str) -> Option<&Peer> {
-        self.peers.get(name)
+        self.peers.get(name).map(|p| &**p)
     }
     /// Peers in node-name order.
     pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values()
+        self.peers.values().map(|p| &**p)
+    }
+    /// Names of the peers that differ between `self` and `other` (added,
+    /// removed or changed), in name order. Peers shared between the two
+    /// sets compare by pointer, so this is cheap even at tens of thousands.
+    pub fn differing<'a>(&'a self, other: &'a PeerSet) -> Vec<&'a str> {
+        let mut names = Vec::new();
+        let mut mine = self.peers.iter().peekable();
+        let mut theirs = other.peers.iter().peekable();
+        loop {
+            match (mine.peek(), theirs.peek()) {
+                (None, None) => break,
+                (Some((name, _)), None) => {
+                    names.push(&***name);
+                    mine.next();
+                }
+                (None, Some((name, _))) => {
+                    names.push(&***name);
+                    theirs.next();
+                }
+                (Some((a, pa)), Some((b, pb))) => match a.cmp(b) {
+                    std::cmp::Ordering::Less => {
+                        names.push(&***a);
+                        mine.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        names.push(&***b);
+                        theirs.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !Arc::ptr_eq(pa, pb) && pa != pb {
+                            names.push(&***a);
+                        }
+                        mine.next();
+                        theirs.next();
+                    }
+                },
+            }
+        }
+        names
+    }
+
+    fn insert(&mut self, peer: &Arc<Peer>) {
+        self.peers
+            .insert(Arc::from(peer.name.as_str()), peer.clone());
+    }
+}
+
+/// A peer set from validated peers (by their names; a later peer of the
+/// same name wins). The watch builds its sets from Nodes; this is for
+/// embedders and tests that have peers at hand.
+impl FromIterator<Peer> for PeerSet {
+    fn from_iter<I: IntoIterator<Item = Peer>>(peers: I) -> Self {
+        let mut set = PeerSet::default();
+        for peer in peers {
+            set.insert(&Arc::new(peer));
+        }
+        set
     }
 }
 
@@ -162,7 +222,7 @@ pub struct Candidate {
     priority: (Option<Timestamp>, String),
     /// `Ok(None)`: not a peer and nothing to warn about (ourselves, or a
     /// node not run by a kube subnet manager).
-    verdict: Result<Option<Peer>, SkipReason>,
+    verdict: Result<Option<Arc<Peer>>, SkipReason>,
 }
 
 impl Candidate {
@@ -173,7 +233,16 @@ impl Candidate {
                 node.metadata.creation_timestamp.as_ref().map(|t| t.0),
                 node.name().to_string(),
             ),
-            verdict: parse_peer(node, ctx),
+            verdict: parse_peer(node, ctx).map(|peer| peer.map(Arc::new)),
+        }
+    }
+
+    /// The subnets it claims, if it is a valid peer (what overlap rules
+    /// look at).
+    fn claimed_subnets(&self) -> Vec<IpNetwork> {
+        match &self.verdict {
+            Ok(Some(peer)) => lease_networks(&peer.lease),
+            _ => Vec::new(),
         }
     }
 }
@@ -200,6 +269,9 @@ pub fn build_peer_set<'a>(
     assemble_peer_set(candidates.iter(), &ctx.own_lease)
 }
 
+/// A valid candidate with its rank (creation time, then name).
+type Ranked<'a> = (&'a (Option<Timestamp>, String), &'a Arc<Peer>);
+
 /// Resolves overlaps between valid candidates deterministically (older
 /// node first, then name) and collects the skip reasons.
 pub fn assemble_peer_set<'a>(
@@ -207,7 +279,7 @@ pub fn assemble_peer_set<'a>(
     own_lease: &Lease,
 ) -> PeerSetBuild {
     let mut build = PeerSetBuild::default();
-    let mut valid: Vec<(&(Option<Timestamp>, String), &Peer)> = Vec::new();
+    let mut valid: Vec<Ranked> = Vec::new();
     for candidate in candidates {
         match &candidate.verdict {
             Ok(Some(peer)) => valid.push((&candidate.priority, peer)),
@@ -251,9 +323,205 @@ pub fn assemble_peer_set<'a>(
             index.insert(subnet, taken.len());
             taken.push((subnet, peer.name.clone()));
         }
-        build.peers.peers.insert(peer.name.clone(), peer.clone());
+        build.peers.insert(peer);
     }
     build
+}
+
+/// The peer set kept current one Node at a time. A change whose subnets,
+/// before and after, overlap no other candidate's and not our own (the
+/// normal case) touches that one entry in O(log n); any overlap falls back
+/// to [`assemble_peer_set`] over every candidate. Either way the result is
+/// exactly what the full build over the same candidates gives.
+#[derive(Debug, Clone)]
+pub struct PeerResolver {
+    own_lease: Lease,
+    candidates: HashMap<String, Candidate>,
+    /// Every valid candidate's subnets, overlapping or not.
+    claimed: ClaimedSubnets,
+    build: PeerSetBuild,
+    /// Node names whose peer or skip reason changed since the last
+    /// [`PeerResolver::take_changed`].
+    changed: Vec<String>,
+}
+
+impl PeerResolver {
+    /// No candidates yet.
+    pub fn new(own_lease: Lease) -> Self {
+        PeerResolver {
+            own_lease,
+            candidates: HashMap::new(),
+            claimed: ClaimedSubnets::default(),
+            build: PeerSetBuild::default(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// The current result.
+    pub fn build(&self) -> &PeerSetBuild {
+        &self.build
+    }
+
+    /// Replaces every candidate (a relist); returns whether the result
+    /// changed.
+    pub fn replace_all(&mut self, candidates: HashMap<String, Candidate>) -> bool {
+        self.claimed = ClaimedSubnets::default();
+        for net in candidates.values().flat_map(Candidate::claimed_subnets) {
+            self.claimed.add(net);
+        }
+        self.candidates = candidates;
+        self.rebuild()
+    }
+
+    /// Sets (`Some`) or removes (`None`) one Node's candidate; returns
+    /// whether the result changed.
+    pub fn set(&mut self, name: &str, candidate: Option<Candidate>) -> bool {
+        if self.candidates.get(name) == candidate.as_ref() {
+            return false;
+        }
+        let old = self.candidates.remove(name);
+        let old_nets = old
+            .as_ref()
+            .map(Candidate::claimed_subnets)
+            .unwrap_or_default();
+        for net in &old_nets {
+            self.claimed.remove(*net);
+        }
+        let new_nets = candidate
+            .as_ref()
+            .map(Candidate::claimed_subnets)
+            .unwrap_or_default();
+        let own = lease_networks(&self.own_lease);
+        let entangled = old_nets
+            .iter()
+            .chain(&new_nets)
+            .any(|net| self.claimed.overlaps(*net) || own.iter().any(|o| overlaps(*o, *net)));
+        for net in &new_nets {
+            self.claimed.add(*net);
+        }
+        let verdict = candidate.as_ref().map(|c| c.verdict.clone());
+        if let Some(candidate) = candidate {
+            self.candidates.insert(name.to_string(), candidate);
+        }
+        if entangled {
+            return self.rebuild();
+        }
+        // Overlapping nothing, this Node decides only its own entry.
+        let before = (
+            self.build.peers.peers.remove(name),
+            self.build.skipped.remove(name),
+        );
+        match verdict {
+            Some(Ok(Some(peer))) => self.build.peers.insert(&peer),
+            Some(Err(reason)) => {
+                self.build.skipped.insert(name.to_string(), reason);
+            }
+            Some(Ok(None)) | None => {}
+        }
+        let after = (
+            self.build.peers.peers.get(name),
+            self.build.skipped.get(name),
+        );
+        let changed = (before.0.as_ref(), before.1.as_ref()) != after;
+        if changed {
+            self.changed.push(name.to_string());
+        }
+        changed
+    }
+
+    /// Node names whose peer or skip reason changed since the last call.
+    pub fn take_changed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.changed)
+    }
+
+    fn rebuild(&mut self) -> bool {
+        let build = assemble_peer_set(self.candidates.values(), &self.own_lease);
+        let old = std::mem::replace(&mut self.build, build);
+        let new = &self.build;
+        let mut names: Vec<&str> = Vec::new();
+        for (name, peer) in &new.peers.peers {
+            if old.peers.peers.get(name) != Some(peer) {
+                names.push(name);
+            }
+        }
+        for name in old.peers.peers.keys() {
+            if !new.peers.peers.contains_key(name) {
+                names.push(name);
+            }
+        }
+        for (name, reason) in &new.skipped {
+            if old.skipped.get(name) != Some(reason) {
+                names.push(name);
+            }
+        }
+        for name in old.skipped.keys() {
+            if !new.skipped.contains_key(name) {
+                names.push(name);
+            }
+        }
+        let changed = !names.is_empty();
+        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+        self.changed.extend(names);
+        changed
+    }
+}
+
+/// Subnets claimed by valid candidates, overlapping each other or not,
+/// with a count per subnet: "does anything overlap this?" in O(log n) per
+/// prefix length, since CIDR blocks either nest or are disjoint.
+#[derive(Debug, Clone, Default)]
+struct ClaimedSubnets {
+    /// (family is IPv6, first address, prefix length) → how many claim it.
+    counts: BTreeMap<(bool, u128, u8), u32>,
+}
+
+impl ClaimedSubnets {
+    fn key(net: IpNetwork) -> (bool, u128, u8) {
+        match net {
+            IpNetwork::V4(n) => (false, u32::from(n.network()).into(), n.prefix()),
+            IpNetwork::V6(n) => (true, u128::from(n.network()), n.prefix()),
+        }
+    }
+
+    fn add(&mut self, net: IpNetwork) {
+        *self.counts.entry(Self::key(net)).or_default() += 1;
+    }
+
+    fn remove(&mut self, net: IpNetwork) {
+        let key = Self::key(net);
+        if let Some(count) = self.counts.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&key);
+            }
+        }
+    }
+
+    fn overlaps(&self, net: IpNetwork) -> bool {
+        let (v6, start, prefix) = Self::key(net);
+        let width: u32 = if v6 { 128 } else { 32 };
+        let host_bits = |prefix: u8| width - u32::from(prefix);
+        let host_mask = |prefix: u8| {
+            1u128
+                .checked_shl(host_bits(prefix))
+                .map_or(u128::MAX, |size| size - 1)
+        };
+        // A block that starts inside this one lies inside it (or is it).
+        let end = start | host_mask(prefix);
+        if self
+            .counts
+            .range((v6, start, 0)..=(v6, end, u8::MAX))
+            .next()
+            .is_some()
+        {
+            return true;
+        }
+        // A block that starts before it overlaps only by containing it.
+        (0..prefix).any(|shorter| {
+            let first = start & !host_mask(shorter);
+            self.counts.contains_key(&(v6, first, shorter))
+        })
+    }
 }
 
 fn lease_networks(lease: &Lease) -> Vec<IpNetwork> {
@@ -811,5 +1079,86 @@ mod tests {
         n.metadata.deletion_timestamp = n.metadata.creation_timestamp.clone();
         let build = build_peer_set([&n], &ctx(V4));
         assert!(build.peers.is_empty() && build.skipped.is_empty());
+    }
+
+    /// The resolver, fed one Node at a time in a pseudo-random order of
+    /// adds, changes (podCIDR, public IP, age, validity) and deletes, with
+    /// nested, equal and own-lease-overlapping subnets, always holds what
+    /// the full build over the same Nodes gives, and reports exactly the
+    /// names whose entry changed.
+    #[test]
+    fn the_incremental_resolver_always_equals_the_full_build() {
+        let ctx = ctx(V4);
+        // Small pools so overlaps are frequent.
+        let cidrs = [
+            "10.42.1.0/24",
+            "10.42.2.0/24",
+            "10.42.2.0/23",
+            "10.42.3.0/24",
+            "10.42.0.0/24", // our own
+            "10.42.0.0/22",
+            "10.42.8.0/24",
+            "10.42.9.0/24",
+            "10.43.0.0/24", // outside the Network: skipped
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % bound as u64) as usize
+        };
+        let mut nodes: BTreeMap<String, SlimNode> = BTreeMap::new();
+        let mut resolver = PeerResolver::new(ctx.own_lease);
+        let mut full = build_peer_set(nodes.values(), &ctx);
+        for step in 0..3000 {
+            let name = format!("node-{}", next(12));
+            let change = if next(5) == 0 {
+                None
+            } else {
+                let cidr = cidrs[next(cidrs.len())];
+                let ip = format!("192.168.1.{}", next(3) + 1);
+                let mut n = good(&name, next(4) as i64, cidr, &ip);
+                if next(8) == 0 {
+                    n = with(n, "public-ip", Some("not-an-ip"));
+                }
+                Some(n)
+            };
+            let candidate = change.as_ref().map(|n| Candidate::from_node(n, &ctx));
+            let reported = resolver.set(&name, candidate);
+            match change {
+                Some(n) => nodes.insert(name.clone(), n),
+                None => nodes.remove(&name),
+            };
+            let expected = build_peer_set(nodes.values(), &ctx);
+            assert_eq!(resolver.build(), &expected, "step {step}: {name}");
+            let mut changed = resolver.take_changed();
+            changed.sort();
+            changed.dedup();
+            let mut want: Vec<String> = nodes
+                .keys()
+                .chain(full.peers.iter().map(|p| &p.name))
+                .chain(full.skipped.keys())
+                .filter(|n| {
+                    full.peers.get(n) != expected.peers.get(n)
+                        || full.skipped.get(*n) != expected.skipped.get(*n)
+                })
+                .cloned()
+                .collect();
+            want.sort();
+            want.dedup();
+            assert_eq!(changed, want, "step {step}: {name}");
+            assert_eq!(reported, !want.is_empty(), "step {step}: {name}");
+            full = expected;
+        }
+        // A relist replaces everything at once.
+        let relisted: HashMap<String, Candidate> = nodes
+            .iter()
+            .take(3)
+            .map(|(name, n)| (name.clone(), Candidate::from_node(n, &ctx)))
+            .collect();
+        resolver.replace_all(relisted);
+        let expected = build_peer_set(nodes.values().take(3), &ctx);
+        assert_eq!(resolver.build(), &expected);
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::lease::{lease_state, LeaseState};
-use super::peers::{assemble_peer_set, Candidate, PeerContext, PeerSet};
+use super::peers::{Candidate, PeerContext, PeerResolver, PeerSet};
 use super::SlimNode;
 
 /// One published view of the peers.
@@ -36,7 +36,9 @@ pub type PeerReceiver = watch::Receiver<PeerSnapshot>;
 /// about them.
 struct NodeCache {
     ctx: PeerContext,
-    candidates: HashMap<String, Candidate>,
+    /// Every Node's candidate and the peer set they make, kept one Node
+    /// at a time.
+    resolver: PeerResolver,
     /// Nodes listed since the last `Init`: on `InitDone` they replace the
     /// cache, so a Node deleted while the watch was down disappears.
     relisting: Option<HashMap<String, Candidate>>,
@@ -49,8 +51,8 @@ struct NodeCache {
 impl NodeCache {
     fn new(ctx: PeerContext) -> Self {
         NodeCache {
+            resolver: PeerResolver::new(ctx.own_lease),
             ctx,
-            candidates: HashMap::new(),
             relisting: None,
             synced: false,
             warned: BTreeMap::new(),
@@ -75,22 +77,17 @@ impl NodeCache {
                 false
             }
             Event::InitDone => {
-                self.candidates = self.relisting.take().unwrap_or_default();
+                self.resolver
+                    .replace_all(self.relisting.take().unwrap_or_default());
                 self.synced = true;
                 true
             }
             Event::Apply(node) => {
                 self.check_own(&node);
                 let candidate = Candidate::from_node(&node, &self.ctx);
-                let name = node.name().to_string();
-                if self.candidates.get(&name) == Some(&candidate) {
-                    false
-                } else {
-                    self.candidates.insert(name, candidate);
-                    true
-                }
+                self.resolver.set(node.name(), Some(candidate))
             }
-            Event::Delete(node) => self.candidates.remove(node.name()).is_some(),
+            Event::Delete(node) => self.resolver.set(node.name(), None),
         }
     }
 
@@ -110,10 +107,10 @@ impl NodeCache {
         }
     }
 
-    /// Rebuilds the peer set; returns it with the skip reasons not said
+    /// The current peer set; returns it with the skip reasons not said
     /// before (node, reason), so each is logged exactly once.
     fn snapshot(&mut self) -> (PeerSnapshot, Vec<(String, String)>) {
-        let build = assemble_peer_set(self.candidates.values(), &self.ctx.own_lease);
+        let build = self.resolver.build();
         let mut new_warnings = Vec::new();
         for (name, reason) in &build.skipped {
             let text = reason.to_string();
@@ -125,7 +122,7 @@ impl NodeCache {
         self.warned
             .retain(|name, _| build.skipped.contains_key(name));
         let snapshot = PeerSnapshot {
-            peers: Arc::new(build.peers),
+            peers: Arc::new(build.peers.clone()),
             synced: self.synced,
             skipped: build.skipped.len(),
         };
@@ -173,6 +170,9 @@ pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sende
         }
         if changed && cache.synced {
             let (snapshot, new_warnings) = cache.snapshot();
+            let mut touched = cache.resolver.take_changed();
+            touched.sort_unstable();
+            touched.dedup();
             for (name, reason) in new_warnings {
                 warn!(peer = %name, "skipping node {name} as a peer: {reason}");
             }
@@ -184,8 +184,8 @@ pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sende
                         skipped = snapshot.skipped,
                         "Node list complete"
                     );
-                } else if *current.peers != *snapshot.peers {
-                    log_peer_changes(&current.peers, &snapshot.peers);
+                } else {
+                    log_peer_changes(&current.peers, &snapshot.peers, &touched);
                 }
                 let modified = *current != snapshot;
                 *current = snapshot;
@@ -195,18 +195,17 @@ pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sende
     }
 }
 
-fn log_peer_changes(old: &PeerSet, new: &PeerSet) {
-    for peer in new.iter() {
-        match old.get(&peer.name) {
-            None => info!(peer = %peer.name, lease = %peer.lease, "peer added"),
-            Some(before) if before != peer => {
-                info!(peer = %peer.name, lease = %peer.lease, "peer changed")
+/// One line per peer added, changed or removed among the `touched` names.
+fn log_peer_changes(old: &PeerSet, new: &PeerSet, touched: &[String]) {
+    for name in touched {
+        match (old.get(name), new.get(name)) {
+            (None, Some(peer)) => info!(peer = %name, lease = %peer.lease, "peer added"),
+            (Some(before), Some(peer)) if before != peer => {
+                info!(peer = %name, lease = %peer.lease, "peer changed")
             }
-            Some(_) => {}
+            (Some(_), None) => info!(peer = %name, "peer removed"),
+            _ => {}
         }
-    }
-    for peer in old.iter().filter(|p| new.get(&p.name).is_none()) {
-        info!(peer = %peer.name, "peer removed");
     }
 }
 

@@ -25,10 +25,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress, RouteEntry};
 pub use nexthop::{FoundNexthop, NexthopDump, NexthopEvent, RequestError};
-pub use ops::MAX_IN_FLIGHT;
+pub use ops::{observation, MAX_IN_FLIGHT};
 
 use nexthop::RawSocket;
 
+use crate::backend::Observation;
 use crate::config::InterfaceSelector;
 
 /// Environment variable that turns nexthop objects off
@@ -355,6 +356,59 @@ pub async fn monitor(
         None => stream::pending().boxed(),
     };
     Ok(stream::select(rtnl, nexthops))
+}
+
+/// How many observations may wait for the reconcile loop (about 64 bytes
+/// each). Past that, the rest are folded into one [`Observation::Overrun`]
+/// (the next pass dumps), so a storm of notifications costs bounded memory.
+/// The echo of a cold start (four entries per peer) fits up to about 8,000
+/// peers; above, the first pass is followed by one dump.
+pub const OBSERVATION_BACKLOG: usize = 32768;
+
+/// Kernel notifications in `netns`, already reduced to [`Observation`]s
+/// (everything unrelated to the data paths dropped) by a task of their
+/// own, through a bounded queue.
+pub async fn observations(
+    netns: Option<&Path>,
+) -> Result<tokio::sync::mpsc::Receiver<Observation>, NetlinkError> {
+    use tokio::sync::mpsc::error::TrySendError;
+    let mut events = monitor(netns).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(OBSERVATION_BACKLOG);
+    tokio::spawn(async move {
+        let mut overrun = false;
+        loop {
+            if overrun {
+                // Everything until the consumer catches up is covered by
+                // the overrun it is about to see.
+                tokio::select! {
+                    permit = tx.reserve() => match permit {
+                        Ok(permit) => {
+                            permit.send(Observation::Overrun);
+                            overrun = false;
+                        }
+                        Err(_) => return,
+                    },
+                    event = events.next() => if event.is_none() {
+                        return;
+                    },
+                }
+                continue;
+            }
+            let Some(event) = events.next().await else {
+                return;
+            };
+            let observation = observation(&event);
+            if observation == Observation::Unrelated {
+                continue;
+            }
+            match tx.try_send(observation) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => overrun = true,
+                Err(TrySendError::Closed(_)) => return,
+            }
+        }
+    });
+    Ok(rx)
 }
 
 fn enter_netns(path: &Path) -> Result<(), String> {

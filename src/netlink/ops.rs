@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::AddressMessage;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -20,13 +21,13 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol,
 };
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::nexthop::{del_nexthop_request, new_nexthop_request, NexthopDump};
-use super::{NetlinkError, NetlinkHandle, NexthopSupport};
+use super::{KernelEvent, NetlinkError, NetlinkHandle, NexthopSupport};
 use crate::backend::vxlan::{FoundVxlan, VxlanDeviceSpec};
-use crate::backend::{FdbEntry, KernelEntries, Op, RouteEntry, ROUTE_PROTOCOL};
+use crate::backend::{FdbEntry, KernelEntries, Observation, Op, RouteEntry, ROUTE_PROTOCOL};
 use crate::mac::MacAddr;
 
 /// How many requests may be in flight on one socket at once.
@@ -178,40 +179,45 @@ impl NetlinkHandle {
         } else {
             AddressFamily::Inet
         };
-        let neighbours: Vec<NeighbourMessage> = self
+        // Dumps are folded message by message, never collected: at tens of
+        // thousands of peers a collected dump would be the agent's peak
+        // memory.
+        let mut neighbours = self
             .handle
             .neighbours()
             .get()
             .set_address_family(family)
-            .execute()
-            .try_collect()
+            .execute();
+        while let Some(message) = neighbours
+            .try_next()
             .await
-            .map_err(self.request_error("neighbour dump"))?;
-        for message in &neighbours {
+            .map_err(self.request_error("neighbour dump"))?
+        {
             if message.header.ifindex != device_index
                 || message.header.state != NeighbourState::Permanent
             {
                 continue;
             }
-            let (ip, mac) = neighbour_fields(message);
+            let (ip, mac) = neighbour_fields(&message);
             if let (Some(ip), Some(mac)) = (ip, mac) {
                 entries.neighbours.insert(ip, mac);
             }
         }
-        let fdb: Vec<NeighbourMessage> = self
+        let mut fdb = self
             .handle
             .neighbours()
             .get()
             .set_address_family(AddressFamily::Bridge)
-            .execute()
-            .try_collect()
+            .execute();
+        while let Some(message) = fdb
+            .try_next()
             .await
-            .map_err(self.request_error("fdb dump"))?;
-        for message in &fdb {
+            .map_err(self.request_error("fdb dump"))?
+        {
             if message.header.ifindex != device_index {
                 continue;
             }
-            let (dst, mac) = neighbour_fields(message);
+            let (dst, mac) = neighbour_fields(&message);
             if let (Some(dst), Some(mac)) = (dst, mac) {
                 if dst.is_ipv6() == ipv6 {
                     entries.fdb.insert(FdbEntry { mac, dst });
@@ -300,30 +306,25 @@ impl NetlinkHandle {
         } else {
             RouteMessageBuilder::<Ipv4Addr>::new().build()
         };
-        let routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(request)
-            .execute()
-            .try_collect()
+        let mut routes = self.handle.route().get(request).execute();
+        let mut ours = BTreeMap::new();
+        let mut foreign_users = BTreeSet::new();
+        while let Some(message) = routes
+            .try_next()
             .await
-            .map_err(self.request_error("route dump"))?;
-        let ours = routes
-            .iter()
-            .filter(|m| u8::from(m.header.protocol) == ROUTE_PROTOCOL)
-            .filter_map(our_route)
-            .map(|route| (route.dst, route))
-            .collect();
-        let foreign_users = routes
-            .iter()
-            .filter(|m| u8::from(m.header.protocol) != ROUTE_PROTOCOL)
-            .flat_map(|m| {
-                m.attributes.iter().filter_map(|a| match a {
+            .map_err(self.request_error("route dump"))?
+        {
+            if u8::from(message.header.protocol) == ROUTE_PROTOCOL {
+                if let Some(route) = our_route(&message) {
+                    ours.insert(route.dst, route);
+                }
+            } else {
+                foreign_users.extend(message.attributes.iter().filter_map(|a| match a {
                     RouteAttribute::NhId(id) => Some(*id),
                     _ => None,
-                })
-            })
-            .collect();
+                }));
+            }
+        }
         Ok((ours, foreign_users))
     }
 
@@ -599,6 +600,84 @@ fn our_route(message: &RouteMessage) -> Option<RouteEntry> {
         onlink,
         nexthop: None,
     })
+}
+
+/// A kernel notification in the data path's terms: which neighbour, FDB
+/// entry, route or nexthop object of ours (or which link) it is about.
+pub fn observation(event: &KernelEvent) -> Observation {
+    let message = match event {
+        KernelEvent::Rtnl(message) => message,
+        KernelEvent::Nexthop(event) => {
+            return Observation::Nexthop {
+                id: event.nexthop.id,
+                ours: event.nexthop.ours(),
+                deleted: event.deleted,
+            }
+        }
+        KernelEvent::Overrun => return Observation::Overrun,
+    };
+    let NetlinkPayload::InnerMessage(inner) = &message.payload else {
+        return Observation::Unrelated;
+    };
+    match inner {
+        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+            Observation::Link {
+                index: link.header.index,
+                name: link.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(name) => Some(name.clone()),
+                    _ => None,
+                }),
+            }
+        }
+        RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
+            Observation::Address {
+                index: a.header.index,
+            }
+        }
+        RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
+            let deleted = matches!(inner, RouteNetlinkMessage::DelNeighbour(_));
+            let (ip, mac) = neighbour_fields(n);
+            let Some(ip) = ip else {
+                return Observation::Unrelated;
+            };
+            if n.header.family == AddressFamily::Bridge {
+                match mac {
+                    Some(mac) => Observation::Fdb {
+                        ifindex: n.header.ifindex,
+                        entry: FdbEntry { mac, dst: ip },
+                        deleted,
+                    },
+                    None => Observation::Unrelated,
+                }
+            } else {
+                Observation::Neighbour {
+                    ifindex: n.header.ifindex,
+                    ip,
+                    mac,
+                    permanent: n.header.state == NeighbourState::Permanent,
+                    deleted,
+                }
+            }
+        }
+        RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => {
+            let deleted = matches!(inner, RouteNetlinkMessage::DelRoute(_));
+            if u8::from(r.header.protocol) == ROUTE_PROTOCOL {
+                return match our_route(r) {
+                    Some(route) => Observation::Route { route, deleted },
+                    // Ours, yet not a shape we make: dump and see.
+                    None => Observation::Overrun,
+                };
+            }
+            match r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::NhId(id) => Some(*id),
+                _ => None,
+            }) {
+                Some(id) if !deleted => Observation::ForeignRouteUsesNexthop { id },
+                _ => Observation::Unrelated,
+            }
+        }
+        _ => Observation::Unrelated,
+    }
 }
 
 fn found_vxlan(message: &LinkMessage) -> FoundVxlan {

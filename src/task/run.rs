@@ -30,7 +30,6 @@ use crate::kube_subnet::{
 use crate::mac::MacAddr;
 use crate::masq::{self, DriverKind, MasqRules, RuleSet};
 use crate::netlink::{self, ExternalInterface, NetlinkHandle};
-use futures_util::{FutureExt, StreamExt};
 use ipnetwork::IpNetwork;
 
 use super::dataplane::{DataPath, HostGwDataPath, VxlanDataPath};
@@ -139,6 +138,8 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
                     network,
                     direct: direct.clone(),
                     device: None,
+                    model: None,
+                    last: None,
                 };
                 let (device, _) = path
                     .ensure_device()
@@ -163,7 +164,7 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
                 .await
                 .map_err(|e| Error::new(Step::RegisterNetwork, e))?
                 .connected;
-            Some(DataPath::HostGw(HostGwDataPath {
+            Some(DataPath::HostGw(Box::new(HostGwDataPath {
                 netlink: netlink.clone(),
                 uplink_name: ext.name.clone(),
                 uplink_index: ext.index,
@@ -171,7 +172,8 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
                 ipv4: netconf.enable_ipv4,
                 ipv6: netconf.enable_ipv6,
                 warned: BTreeMap::new(),
-            }))
+                model: None,
+            })))
         }
         BackendConf::Wireguard(_) => None,
     };
@@ -265,8 +267,10 @@ async fn setup_masq(config: &Config, netconf: &NetConf, lease: &Lease) -> Result
 
 /// How often the data path is reconciled even without any trigger.
 const RESYNC: Duration = Duration::from_secs(30);
-/// How long to gather further triggers before a reconcile.
-const COALESCE: Duration = Duration::from_millis(20);
+/// How long to gather further triggers before a reconcile: a burst of
+/// kernel notifications (a device deleted with thousands of entries) is
+/// folded into one pass, at little cost to a single change's latency.
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// The reconcile loop: on every peer-set change, on kernel notifications
 /// about what we own (a deleted device, route, neighbour or FDB entry), on a
@@ -279,7 +283,7 @@ async fn drive_data_path(
     subnet_env: &SubnetEnv,
     progress: &Progress,
 ) -> Result<(), Error> {
-    let mut kernel = netlink::monitor(config.netns())
+    let mut kernel = netlink::observations(config.netns())
         .await
         .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
     let mut resync = tokio::time::interval(RESYNC);
@@ -293,16 +297,18 @@ async fn drive_data_path(
                     return Ok(());
                 }
             }
-            Some(message) = kernel.next() => {
-                if !path.is_relevant(&message) {
+            Some(observation) = kernel.recv() => {
+                if !path.observe(&observation) {
                     continue;
                 }
             }
-            _ = resync.tick() => {}
+            _ = resync.tick() => path.forget_models(),
             () = sleep_until_or_never(retry) => {}
         }
         tokio::time::sleep(COALESCE).await;
-        while let Some(Some(_)) = kernel.next().now_or_never() {}
+        while let Ok(observation) = kernel.try_recv() {
+            path.observe(&observation);
+        }
         let snapshot = peers.borrow_and_update().clone();
         progress.update(|s| {
             s.peers_known = snapshot.peers.len();

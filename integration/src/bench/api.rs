@@ -1,9 +1,11 @@
 //! API-driven benchmarks against a running `flannel-agent` process (in a
 //! namespace of its own, with N peers already programmed): how fast Node
 //! changes reach the kernel, and how quiet the agent stays while Nodes only
-//! heartbeat. Figures are returned as a printable report, never asserted.
+//! heartbeat. Figures are returned as results that print their table and
+//! write their CSV, never asserted.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,6 +21,7 @@ use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
+use super::report::{self, BenchResult, Csv};
 use crate::apiserver::{ready_node, Options, TestApiServer};
 use crate::fixtures::{annotated, vxlan_peer};
 use crate::netns::TestNetns;
@@ -32,7 +35,7 @@ const NETCONF: &str = r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}
 /// completes it (route added; FDB entry with the new dst; route or its
 /// nexthop deleted), seen by a netlink monitor in the agent's namespace.
 /// Then the kernel is dumped and compared with the API.
-pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String, String> {
+pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<EventLatency, String> {
     let per_kind = events.div_ceil(3);
     if peers < 2 * per_kind + 1 {
         return Err(format!(
@@ -45,7 +48,7 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
     let overruns = Arc::new(Mutex::new(0u64));
     let watcher = spawn_monitor(&agent, seen.clone(), overruns.clone()).await?;
 
-    let mut expected: Vec<(Instant, Seen)> = Vec::with_capacity(events as usize);
+    let mut expected: Vec<(Instant, Seen, u32)> = Vec::with_capacity(events as usize);
     let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut created, mut changed, mut deleted) = (0u32, 0u32, 0u32);
@@ -61,8 +64,8 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
                 agent
                     .server
                     .create_node(vxlan_peer(index))
-                    .map_err(|e| e.to_string())?;
-                expected.push((started, Seen::RouteAdded(lease_net(index))));
+                    .map_err(|e| format!("creating Node peer-{index}: {e}"))?;
+                expected.push((started, Seen::RouteAdded(lease_net(index)), index));
             }
             1 => {
                 changed += 1;
@@ -74,8 +77,8 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
                     .update_node(&format!("peer-{index}"), |node| {
                         *node = annotated(node.clone(), &[("public-ip", &public.to_string())]);
                     })
-                    .map_err(|e| e.to_string())?;
-                expected.push((started, Seen::Fdb(mac(index), public)));
+                    .map_err(|e| format!("changing Node peer-{index}'s public-ip: {e}"))?;
+                expected.push((started, Seen::Fdb(mac(index), public), index));
             }
             _ => {
                 let index = peers - deleted;
@@ -84,8 +87,8 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
                 agent
                     .server
                     .delete_node(&format!("peer-{index}"))
-                    .map_err(|e| e.to_string())?;
-                expected.push((started, Seen::RouteDeleted(lease_net(index))));
+                    .map_err(|e| format!("deleting Node peer-{index}: {e}"))?;
+                expected.push((started, Seen::RouteDeleted(lease_net(index)), index));
             }
         }
     }
@@ -96,64 +99,202 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<String,
         / writes_started.elapsed().as_secs_f64()
         * 100.0;
 
-    let seen = seen.lock().map_err(|e| e.to_string())?.clone();
-    // Latencies (ms) by kind: create, change, delete.
-    let mut latencies: [Vec<f64>; 3] = Default::default();
-    let mut unobserved = [0usize; 3];
-    for (n, (started, want)) in expected.iter().enumerate() {
-        let found = seen
+    let seen = seen
+        .lock()
+        .map_err(|e| format!("the kernel monitor's record: {e}"))?
+        .clone();
+    let mut samples = Vec::with_capacity(expected.len());
+    for (n, (started, want, peer)) in expected.iter().enumerate() {
+        let latency_ms = seen
             .iter()
             .find(|(at, what)| *at >= *started && want.completed_by(what))
-            .map(|(at, _)| at.duration_since(*started));
-        match found {
-            Some(latency) => latencies[n % 3].push(latency.as_secs_f64() * 1000.0),
-            None => unobserved[n % 3] += 1,
-        }
+            .map(|(at, _)| at.duration_since(*started).as_secs_f64() * 1000.0);
+        samples.push(EventSample {
+            kind: EVENT_KINDS[n % 3],
+            peer: *peer,
+            sent_seconds: started.duration_since(writes_started).as_secs_f64(),
+            latency_ms,
+        });
     }
 
     // Final state: the kernel against the API.
     let (missing, stale) = compare_with_api(&agent)?;
-    let overruns = *overruns.lock().map_err(|e| e.to_string())?;
-    let mut report = String::new();
-    report += &format!(
-        "event latency: {peers} peers, {events} Node writes at {rate}/s (create / change public-ip / delete in turn); API write -> kernel notification (route added / FDB dst / route or nexthop deleted)\n"
-    );
-    report += &format!(
-        "{:>8} {:>7} {:>9} {:>9} {:>9} {:>11}\n",
-        "kind", "events", "p50 ms", "p99 ms", "max ms", "unobserved"
-    );
-    let all: Vec<f64> = latencies.iter().flatten().copied().collect();
-    let kinds = [
-        ("create", &latencies[0], unobserved[0]),
-        ("change", &latencies[1], unobserved[1]),
-        ("delete", &latencies[2], unobserved[2]),
-        ("all", &all, unobserved.iter().sum()),
-    ];
-    for (kind, values, unobserved) in kinds {
-        let mut sorted = values.clone();
+    let overruns = *overruns
+        .lock()
+        .map_err(|e| format!("the kernel monitor's overrun count: {e}"))?;
+    Ok(EventLatency {
+        peers,
+        events,
+        rate,
+        samples,
+        missing,
+        stale,
+        cpu_percent,
+        overruns,
+    })
+}
+
+/// The kinds of Node write, in the order they take turns.
+const EVENT_KINDS: [&str; 3] = ["create", "change", "delete"];
+
+/// One Node write of the event-latency scenario.
+#[derive(Debug, Clone)]
+pub struct EventSample {
+    /// `create`, `change` (public-ip) or `delete`.
+    pub kind: &'static str,
+    /// The peer index (`peer-<i>`).
+    pub peer: u32,
+    /// When the write started, seconds after the first write.
+    pub sent_seconds: f64,
+    /// API write -> kernel notification, ms; `None` when never observed.
+    pub latency_ms: Option<f64>,
+}
+
+/// The event-latency result.
+#[derive(Debug, Clone)]
+pub struct EventLatency {
+    /// Peers programmed before the writes.
+    pub peers: u32,
+    /// Node writes asked for.
+    pub events: u32,
+    /// Writes per second.
+    pub rate: u32,
+    /// One per write, in order.
+    pub samples: Vec<EventSample>,
+    /// Kernel entries missing or wrong at the end (routes + FDB dst).
+    pub missing: usize,
+    /// Kernel entries the API no longer asks for at the end.
+    pub stale: usize,
+    /// Agent CPU during the writes (+2 s), percent of one core.
+    pub cpu_percent: f64,
+    /// Kernel monitor overruns (notifications lost).
+    pub overruns: u64,
+}
+
+/// Percentiles of one kind of event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LatencyStats {
+    /// Events of this kind.
+    pub events: usize,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Maximum, ms.
+    pub max_ms: f64,
+    /// Events whose notification never came.
+    pub unobserved: usize,
+}
+
+impl EventLatency {
+    /// Percentiles of `kind` (`None`: every kind).
+    pub fn stats(&self, kind: Option<&str>) -> LatencyStats {
+        let chosen: Vec<&EventSample> = self
+            .samples
+            .iter()
+            .filter(|s| kind.is_none_or(|k| s.kind == k))
+            .collect();
+        let mut sorted: Vec<f64> = chosen.iter().filter_map(|s| s.latency_ms).collect();
         sorted.sort_by(|a, b| a.total_cmp(b));
-        report += &format!(
-            "{:>8} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>11}\n",
-            kind,
-            sorted.len() + unobserved,
-            percentile(&sorted, 50.0),
-            percentile(&sorted, 99.0),
-            sorted.last().copied().unwrap_or(0.0),
-            unobserved
-        );
+        LatencyStats {
+            events: chosen.len(),
+            p50_ms: report::percentile(&sorted, 50.0),
+            p99_ms: report::percentile(&sorted, 99.0),
+            max_ms: sorted.last().copied().unwrap_or(0.0),
+            unobserved: chosen.len() - sorted.len(),
+        }
     }
-    report += &format!(
-        "final kernel vs API (routes + FDB dst): {missing} missing, {stale} stale; agent CPU during writes (+2 s): {cpu_percent:.1}%; monitor overruns: {overruns}\n"
-    );
-    report += "goal (not asserted): p99 <= 50 ms, 0 missing\n";
-    Ok(report)
+}
+
+impl BenchResult for EventLatency {
+    fn table(&self) -> String {
+        let mut report = String::new();
+        let (peers, events, rate) = (self.peers, self.events, self.rate);
+        let _ = writeln!(
+            report,
+            "event latency: {peers} peers, {events} Node writes at {rate}/s (create / change public-ip / delete in turn); API write -> kernel notification (route added / FDB dst / route or nexthop deleted)"
+        );
+        let _ = writeln!(
+            report,
+            "{:>8} {:>7} {:>9} {:>9} {:>9} {:>11}",
+            "kind", "events", "p50 ms", "p99 ms", "max ms", "unobserved"
+        );
+        for (label, kind) in [
+            ("create", Some("create")),
+            ("change", Some("change")),
+            ("delete", Some("delete")),
+            ("all", None),
+        ] {
+            let stats = self.stats(kind);
+            let _ = writeln!(
+                report,
+                "{:>8} {:>7} {:>9.2} {:>9.2} {:>9.2} {:>11}",
+                label, stats.events, stats.p50_ms, stats.p99_ms, stats.max_ms, stats.unobserved
+            );
+        }
+        let _ = writeln!(
+            report,
+            "final kernel vs API (routes + FDB dst): {} missing, {} stale; agent CPU during writes (+2 s): {:.1}%; monitor overruns: {}",
+            self.missing, self.stale, self.cpu_percent, self.overruns
+        );
+        report += "goal (not asserted): p99 <= 50 ms, 0 missing\n";
+        report
+    }
+
+    fn files(&self) -> Vec<(String, String)> {
+        let mut events = Csv::new(&["n", "kind", "peer", "sent_s", "latency_ms"]);
+        for (n, sample) in self.samples.iter().enumerate() {
+            events.row([
+                (n + 1).to_string(),
+                sample.kind.to_string(),
+                format!("peer-{}", sample.peer),
+                report::num(sample.sent_seconds, 4),
+                report::opt(sample.latency_ms, 3),
+            ]);
+        }
+        let mut summary = Csv::new(&[
+            "kind",
+            "events",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "unobserved",
+            "peers",
+            "rate_per_s",
+            "final_missing",
+            "final_stale",
+            "agent_cpu_percent",
+            "monitor_overruns",
+        ]);
+        for kind in ["create", "change", "delete", "all"] {
+            let stats = self.stats((kind != "all").then_some(kind));
+            summary.row([
+                kind.to_string(),
+                stats.events.to_string(),
+                report::num(stats.p50_ms, 3),
+                report::num(stats.p99_ms, 3),
+                report::num(stats.max_ms, 3),
+                stats.unobserved.to_string(),
+                self.peers.to_string(),
+                self.rate.to_string(),
+                self.missing.to_string(),
+                self.stale.to_string(),
+                report::num(self.cpu_percent, 2),
+                self.overruns.to_string(),
+            ]);
+        }
+        vec![
+            ("events.csv".into(), events.into_text()),
+            ("events-summary.csv".into(), summary.into_text()),
+        ]
+    }
 }
 
 /// Idle churn: with `peers` peers programmed, status-only Node updates
 /// (Ready condition's lastHeartbeatTime, as kubelet posts) at `rate` per
 /// second for `seconds`; counts kernel notifications in the agent's
 /// namespace meanwhile (target 0) and the agent's CPU and RSS.
-pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<String, String> {
+pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<IdleChurn, String> {
     let agent = Agent::start(peers).await?;
     // Let the first reconcile's tail and the kernel's own IPv6 link-local
     // setup (DAD on the new links) settle before watching.
@@ -181,7 +322,7 @@ pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<String, S
                     }
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("heartbeat of Node peer-{index}: {e}"))?;
     }
     // A last second for anything the final updates trigger.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -190,62 +331,187 @@ pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<String, S
     let (cpu_after, rss_after) = (after.cpu_seconds, after.rss_mib);
     watcher.abort();
 
-    let seen = seen.lock().map_err(|e| e.to_string())?.clone();
+    let seen = seen
+        .lock()
+        .map_err(|e| format!("the kernel monitor's record: {e}"))?
+        .clone();
     let count = |f: fn(&Seen) -> bool| seen.iter().filter(|(_, s)| f(s)).count();
     let routes = count(|s| matches!(s, Seen::RouteAdded(_) | Seen::RouteDeleted(_)));
     let fdb = count(|s| matches!(s, Seen::Fdb(..)));
     let nexthops = count(|s| matches!(s, Seen::Nexthop { .. }));
     let other = seen.len() - routes - fdb - nexthops;
-    let mut other_kinds = BTreeMap::<&str, usize>::new();
+    let mut other_kinds = BTreeMap::<String, usize>::new();
     for (_, what) in &seen {
         if let Seen::Other(label) = what {
-            *other_kinds.entry(label.as_str()).or_default() += 1;
+            *other_kinds.entry(label.clone()).or_default() += 1;
         }
     }
-    let overruns = *overruns.lock().map_err(|e| e.to_string())?;
-    let mut report = String::new();
-    report += &format!(
-        "idle churn: {peers} peers, {updates} status-only Node updates (Ready lastHeartbeatTime) at {rate}/s over {seconds} s\n"
-    );
-    report += &format!(
-        "{:>8} {:>14} {:>7} {:>5} {:>9} {:>6} {:>8} {:>10} {:>10}\n",
-        "updates",
-        "flannel writes",
-        "routes",
-        "fdb",
-        "nexthops",
-        "other",
-        "cpu %",
-        "RSS MiB",
-        "RSS grow"
-    );
-    report += &format!(
-        "{:>8} {:>14} {:>7} {:>5} {:>9} {:>6} {:>8.2} {:>10.1} {:>+10.2}\n",
+    let overruns = *overruns
+        .lock()
+        .map_err(|e| format!("the kernel monitor's overrun count: {e}"))?;
+    Ok(IdleChurn {
+        peers,
+        rate,
+        seconds,
         updates,
-        routes + fdb + nexthops,
         routes,
         fdb,
         nexthops,
         other,
-        (cpu_after - cpu_before) / wall * 100.0,
-        rss_after,
-        rss_after - rss_before
-    );
-    if !other_kinds.is_empty() {
-        let kinds: Vec<String> = other_kinds
+        other_kinds,
+        overruns,
+        cpu_percent: (cpu_after - cpu_before) / wall * 100.0,
+        rss_mib: rss_after,
+        rss_grow_mib: rss_after - rss_before,
+        peak_rss_mib: after.peak_rss_mib,
+        wall_seconds: wall,
+    })
+}
+
+/// The idle-churn result.
+#[derive(Debug, Clone)]
+pub struct IdleChurn {
+    /// Peers programmed.
+    pub peers: u32,
+    /// Updates per second.
+    pub rate: u32,
+    /// Seconds of updates.
+    pub seconds: u32,
+    /// Status-only Node updates sent.
+    pub updates: u64,
+    /// Route notifications (proto 77) meanwhile.
+    pub routes: usize,
+    /// FDB notifications meanwhile.
+    pub fdb: usize,
+    /// Nexthop notifications meanwhile.
+    pub nexthops: usize,
+    /// Other kernel notifications (not flannel's kinds).
+    pub other: usize,
+    /// The other notifications by kind.
+    pub other_kinds: BTreeMap<String, usize>,
+    /// Kernel monitor overruns.
+    pub overruns: u64,
+    /// Agent CPU over the updates (+1 s), percent of one core.
+    pub cpu_percent: f64,
+    /// Agent RSS at the end, MiB.
+    pub rss_mib: f64,
+    /// RSS growth over the updates, MiB.
+    pub rss_grow_mib: f64,
+    /// Agent peak RSS (VmHWM) over its life (first sync + the updates), MiB.
+    pub peak_rss_mib: f64,
+    /// Wall time of the measurement, seconds.
+    pub wall_seconds: f64,
+}
+
+impl IdleChurn {
+    /// Route, FDB and nexthop notifications: what flannel writes.
+    pub fn flannel_writes(&self) -> usize {
+        self.routes + self.fdb + self.nexthops
+    }
+}
+
+impl BenchResult for IdleChurn {
+    fn table(&self) -> String {
+        let mut report = String::new();
+        let _ = writeln!(
+            report,
+            "idle churn: {} peers, {} status-only Node updates (Ready lastHeartbeatTime) at {}/s over {} s",
+            self.peers, self.updates, self.rate, self.seconds
+        );
+        let _ = writeln!(
+            report,
+            "{:>8} {:>14} {:>7} {:>5} {:>9} {:>6} {:>8} {:>10} {:>10}",
+            "updates",
+            "flannel writes",
+            "routes",
+            "fdb",
+            "nexthops",
+            "other",
+            "cpu %",
+            "RSS MiB",
+            "RSS grow"
+        );
+        let _ = writeln!(
+            report,
+            "{:>8} {:>14} {:>7} {:>5} {:>9} {:>6} {:>8.2} {:>10.1} {:>+10.2}",
+            self.updates,
+            self.flannel_writes(),
+            self.routes,
+            self.fdb,
+            self.nexthops,
+            self.other,
+            self.cpu_percent,
+            self.rss_mib,
+            self.rss_grow_mib
+        );
+        if !self.other_kinds.is_empty() {
+            let kinds: Vec<String> = self
+                .other_kinds
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            let _ = writeln!(
+                report,
+                "other kernel events (not flannel's kinds): {}",
+                kinds.join(", ")
+            );
+        }
+        if self.overruns > 0 {
+            let _ = writeln!(
+                report,
+                "monitor overruns: {} (counts are a lower bound)",
+                self.overruns
+            );
+        }
+        report +=
+            "flannel writes: proto 77 routes, FDB entries, nexthops; goal (not asserted): 0\n";
+        report
+    }
+
+    fn files(&self) -> Vec<(String, String)> {
+        let mut csv = Csv::new(&[
+            "peers",
+            "rate_per_s",
+            "seconds",
+            "updates",
+            "flannel_writes",
+            "routes",
+            "fdb",
+            "nexthops",
+            "other",
+            "other_kinds",
+            "monitor_overruns",
+            "agent_cpu_percent",
+            "agent_rss_mib",
+            "agent_rss_grow_mib",
+            "agent_peak_rss_mib",
+            "wall_s",
+        ]);
+        let kinds: Vec<String> = self
+            .other_kinds
             .iter()
             .map(|(k, n)| format!("{k}: {n}"))
             .collect();
-        report += &format!(
-            "other kernel events (not flannel's kinds): {}\n",
-            kinds.join(", ")
-        );
+        csv.row([
+            self.peers.to_string(),
+            self.rate.to_string(),
+            self.seconds.to_string(),
+            self.updates.to_string(),
+            self.flannel_writes().to_string(),
+            self.routes.to_string(),
+            self.fdb.to_string(),
+            self.nexthops.to_string(),
+            self.other.to_string(),
+            kinds.join("; "),
+            self.overruns.to_string(),
+            report::num(self.cpu_percent, 3),
+            report::num(self.rss_mib, 2),
+            report::num(self.rss_grow_mib, 2),
+            report::num(self.peak_rss_mib, 2),
+            report::num(self.wall_seconds, 2),
+        ]);
+        vec![("churn.csv".into(), csv.into_text())]
     }
-    if overruns > 0 {
-        report += &format!("monitor overruns: {overruns} (counts are a lower bound)\n");
-    }
-    report += "flannel writes: proto 77 routes, FDB entries, nexthops; goal (not asserted): 0\n";
-    Ok(report)
 }
 
 /// A kernel notification, as far as these benchmarks care.
@@ -372,7 +638,7 @@ async fn spawn_monitor(
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     let mut events = monitor(Some(&agent.ns.path()))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("kernel monitor in {}: {e}", agent.ns.name()))?;
     Ok(tokio::spawn(async move {
         while let Some(event) = events.next().await {
             let at = Instant::now();
@@ -461,19 +727,20 @@ struct Agent {
 impl Agent {
     async fn start(peers: u32) -> Result<Agent, String> {
         let binary = agent_binary()?;
-        let server = TestApiServer::start(Options::default()).map_err(|e| e.to_string())?;
+        let server = TestApiServer::start(Options::default())
+            .map_err(|e| format!("starting the test API server: {e}"))?;
         server
             .create_node(ready_node(OWN_NODE, Some("10.42.0.0/24")))
-            .map_err(|e| e.to_string())?;
-        server
-            .create_nodes((1..=peers).map(vxlan_peer))
-            .map_err(|e| e.to_string())?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            .and_then(|_| server.create_nodes((1..=peers).map(vxlan_peer)))
+            .map_err(|e| format!("filling the API server with {peers} peers: {e}"))?;
+        let dir =
+            tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
         let kubeconfig = server
             .write_kubeconfig(dir.path())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("writing the kubeconfig: {e}"))?;
         let netconf = dir.path().join("net-conf.json");
-        std::fs::write(&netconf, NETCONF).map_err(|e| e.to_string())?;
+        std::fs::write(&netconf, NETCONF)
+            .map_err(|e| format!("writing {}: {e}", netconf.display()))?;
         let subnet_file = dir.path().join("subnet.env");
         let ns = TestNetns::new("bapi").with_uplink("192.168.255.1/16", "192.168.0.254");
         let child = Command::new(&binary)
@@ -483,7 +750,7 @@ impl Agent {
             .arg(format!("--netns={}", ns.path().display()))
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
             .arg(format!("--subnet-file={}", subnet_file.display()))
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", agent_log_filter())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -499,9 +766,19 @@ impl Agent {
         };
         let deadline = Instant::now() + Duration::from_secs(300);
         while !subnet_file.exists() {
-            let exited = agent.child.try_wait().map_err(|e| e.to_string())?;
-            if exited.is_some() || Instant::now() > deadline {
-                return Err(format!("the agent did not get ready with {peers} peers"));
+            let exited = agent
+                .child
+                .try_wait()
+                .map_err(|e| format!("waiting for the agent (pid {pid}): {e}"))?;
+            if let Some(status) = exited {
+                return Err(format!(
+                    "the agent exited ({status}) before it got ready with {peers} peers"
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the agent did not get ready with {peers} peers within 300 s"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -516,10 +793,17 @@ impl Drop for Agent {
     }
 }
 
+/// RUST_LOG for the benchmarks' agents: `warn`, or
+/// `FLANNEL_BENCH_AGENT_LOG` (`info` shows what the agent did when).
+pub(crate) fn agent_log_filter() -> String {
+    std::env::var("FLANNEL_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into())
+}
+
 /// `flannel-agent` next to the running program in `target/<profile>/`
 /// (also from `deps/` or `examples/`).
-fn agent_binary() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+pub(crate) fn agent_binary() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the running program's path: {e}"))?;
     let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
     if dir.ends_with("deps") || dir.ends_with("examples") {
         dir.pop();
@@ -562,12 +846,4 @@ fn changed_public_ip(index: u32) -> IpAddr {
         (index / 250) as u8,
         (index % 250 + 1) as u8,
     ))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }

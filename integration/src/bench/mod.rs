@@ -1,7 +1,23 @@
-//! Benchmarks that the `flannel-bench` tool runs.
+//! Benchmarks that the `flannel-bench` tool runs. Each scenario returns a
+//! result that prints its table and writes its CSV ([`report`]); [`suite`]
+//! runs them (one, or all in turn with a goal summary).
 
 pub mod api;
+pub mod cold;
+pub mod peerset;
 pub mod plane;
+pub mod report;
+pub mod suite;
+
+/// The message of a caught panic (`&str` or `String` payloads).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string());
+    format!("panicked: {text}")
+}
 
 /// What a process has used so far, from `/proc/<pid>/status` and `stat`
 /// (zeros when the process is gone).
