@@ -129,3 +129,62 @@ async fn dual_stack_vxlan_carries_both_families() {
     h0.shutdown().await.unwrap();
     h1.shutdown().await.unwrap();
 }
+
+/// vxlan with `DirectRouting`: a peer on the uplink's subnet gets a plain
+/// route through the uplink, no encapsulation. Taking the uplink down
+/// flushes that route (and its nexthop object) without any notification
+/// of its own; the agent must notice the uplink's link event and put the
+/// route back once the link is up again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_routing_survives_an_uplink_flap() {
+    let pair = NodePair::new("dr", Backend::Vxlan);
+    let dir = tempfile::tempdir().unwrap();
+    let netconf = dir.path().join("net-conf.json");
+    std::fs::write(
+        &netconf,
+        r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "vxlan", "DirectRouting": true}}"#,
+    )
+    .unwrap();
+    let config = |i: usize| {
+        flannel_embed::Config::builder(format!("node-{i}"))
+            .backend(Backend::Vxlan)
+            .cluster_cidr("10.42.0.0/16")
+            .data_dir(dir.path().join(format!("node-{i}/data")))
+            .subnet_file(dir.path().join(format!("node-{i}/subnet.env")))
+            .netns(pair.nodes[i].path())
+            .netconf_override(&netconf)
+            .build()
+            .unwrap()
+    };
+    let h0 = flannel_embed::spawn(pair.server.client().unwrap(), config(0));
+    let h1 = flannel_embed::spawn(pair.server.client().unwrap(), config(1));
+    ready_with_peer(&h0).await;
+    ready_with_peer(&h1).await;
+    let n0 = &pair.nodes[0];
+    let direct =
+        || route_to(n0, "10.42.1.0/24").is_some_and(|l| means(&l, "192.168.1.13", "eth0", false));
+    assert!(direct(), "{:?}", route_to(n0, "10.42.1.0/24"));
+
+    n0.ip(&["link", "set", "eth0", "down"]);
+    let flushed = Instant::now();
+    while direct() && flushed.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!direct(), "the kernel flushes routes through a downed link");
+    n0.ip(&["link", "set", "eth0", "up"]);
+    let up = Instant::now();
+    while !direct() {
+        assert!(
+            up.elapsed() < Duration::from_secs(3),
+            "direct route not back after the uplink came up: {:?}",
+            route_to(n0, "10.42.1.0/24")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "direct route back {:?} after the uplink came up",
+        up.elapsed()
+    );
+    h0.shutdown().await.unwrap();
+    h1.shutdown().await.unwrap();
+}

@@ -304,6 +304,23 @@ async fn entries_altered_behind_the_agents_back_are_put_right() {
         route_to(n0, "10.42.1.0/24").is_some_and(|l| means(&l, "10.42.1.0", "flannel.1", true))
     })
     .await;
+    // Replaced by a route that is not ours at all (`proto boot`): the
+    // kernel sends no deletion for the route it displaces.
+    n0.ip(&[
+        "route",
+        "replace",
+        "10.42.1.0/24",
+        "via",
+        "10.42.1.9",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    within(Duration::from_secs(2), "route taken back", || {
+        route_to(n0, "10.42.1.0/24")
+            .is_some_and(|l| means(&l, "10.42.1.0", "flannel.1", true) && l.contains("proto 77"))
+    })
+    .await;
 
     // After all that, a peer change still lands: the public IP moves.
     lab.server

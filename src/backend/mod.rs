@@ -241,10 +241,14 @@ pub enum Observation {
         /// RTM_DELROUTE.
         deleted: bool,
     },
-    /// A route that is not ours was added, pointing at nexthop `id`.
-    ForeignRouteUsesNexthop {
-        /// The nexthop id it points at.
-        id: u32,
+    /// A route that is not ours was added or replaced in the main table:
+    /// it may have replaced one of ours (`ip route replace` sends no
+    /// deletion for the route it displaces).
+    ForeignRoute {
+        /// Its destination.
+        dst: IpNetwork,
+        /// The nexthop object it points at, if any.
+        nexthop: Option<u32>,
     },
     /// A nexthop object was added, replaced or deleted.
     Nexthop {
@@ -270,6 +274,8 @@ pub enum Observation {
     },
     /// Notifications were lost: anything may have changed.
     Overrun,
+    /// The kernel monitor stopped: no notification will come any more.
+    MonitorEnded,
     /// Nothing the data paths own or depend on.
     Unrelated,
 }
@@ -390,11 +396,12 @@ impl KernelEntries {
                     !ours.is_some_and(|r| r.is_satisfied_by(route))
                 }
             }
-            Observation::ForeignRouteUsesNexthop { id } => {
-                if self.nexthops.contains_key(id) {
-                    self.nexthops_used_elsewhere.insert(*id);
+            Observation::ForeignRoute { dst, nexthop } => {
+                if let Some(id) = nexthop.filter(|id| self.nexthops.contains_key(id)) {
+                    self.nexthops_used_elsewhere.insert(id);
                 }
-                false
+                // Same destination as one of ours: ours was replaced.
+                scope.covers(dst.ip()) && self.routes.contains_key(dst)
             }
             Observation::Nexthop { id, ours, deleted } => {
                 match (ours.filter(|n| scope.covers(n.gateway)), deleted) {
@@ -415,9 +422,37 @@ impl KernelEntries {
             Observation::Link { .. }
             | Observation::Address { .. }
             | Observation::Overrun
+            | Observation::MonitorEnded
             | Observation::Unrelated => false,
         }
     }
+}
+
+/// Splits a later phase into the operations that may go ahead and those
+/// that depend on an operation of an earlier phase that failed, with that
+/// operation: a route whose nexthop object or gateway neighbour could not
+/// be set (it would lead to someone else's object, or to a next hop the
+/// kernel has to ARP for), a nexthop object or neighbour whose route could
+/// not be deleted (the route would be left dangling).
+pub fn split_dependents(phase: &[Op], failed: &[Op]) -> (Vec<Op>, Vec<(Op, Op)>) {
+    let blocker = |op: &Op| -> Option<Op> {
+        failed.iter().copied().find(|f| match (op, f) {
+            (Op::SetRoute(r), Op::AddNexthop(n) | Op::ReplaceNexthop(n)) => r.nexthop == Some(n.id),
+            (Op::SetRoute(r), Op::SetNeighbour(n)) => r.gateway == n.ip,
+            (Op::DelNexthop(n), Op::DelRoute(r)) => r.nexthop == Some(n.id),
+            (Op::DelNeighbour(n), Op::DelRoute(r)) => r.gateway == n.ip,
+            _ => false,
+        })
+    };
+    let mut go = Vec::with_capacity(phase.len());
+    let mut held = Vec::new();
+    for op in phase {
+        match blocker(op) {
+            Some(failed) => held.push((*op, failed)),
+            None => go.push(*op),
+        }
+    }
+    (go, held)
 }
 
 /// How many phases [`diff`] returns.
@@ -1011,7 +1046,26 @@ mod tests {
             ),
             (
                 "a foreign route on our nexthop",
-                Observation::ForeignRouteUsesNexthop { id: 7 },
+                Observation::ForeignRoute {
+                    dst: "10.99.0.0/16".parse().unwrap(),
+                    nexthop: Some(7),
+                },
+                false,
+            ),
+            (
+                "our route replaced by someone else's (no deletion is sent)",
+                Observation::ForeignRoute {
+                    dst: "10.42.1.0/24".parse().unwrap(),
+                    nexthop: None,
+                },
+                true,
+            ),
+            (
+                "someone else's route elsewhere",
+                Observation::ForeignRoute {
+                    dst: "10.42.7.0/24".parse().unwrap(),
+                    nexthop: None,
+                },
                 false,
             ),
             ("unrelated", Observation::Unrelated, false),
@@ -1038,7 +1092,11 @@ mod tests {
         };
         assert!(!model.observe(&V4, &other));
         assert!(model.other_nexthop_ids.contains(&99));
-        assert!(!model.observe(&V4, &Observation::ForeignRouteUsesNexthop { id: 7 }));
+        let foreign = Observation::ForeignRoute {
+            dst: "10.99.0.0/16".parse().unwrap(),
+            nexthop: Some(7),
+        };
+        assert!(!model.observe(&V4, &foreign));
         let ops = diff(&KernelEntries::default(), &model, true);
         assert!(
             !ops.iter()
@@ -1053,5 +1111,59 @@ mod tests {
         };
         assert!(!model.observe(&V4, &gone));
         assert!(model.other_nexthop_ids.is_empty());
+    }
+
+    /// A failed nexthop or neighbour holds back the route that needs it,
+    /// a failed route deletion holds back the deletion of what it uses;
+    /// everything else goes ahead.
+    #[test]
+    fn failed_operations_hold_back_their_dependents() {
+        let desired = via_nexthops(
+            state(&[
+                ("10.42.1.0/24", "10.42.1.0", 1, "192.168.1.11"),
+                ("10.42.2.0/24", "10.42.2.0", 2, "192.168.1.12"),
+            ]),
+            &[7, 8],
+        );
+        let [entries, routes, _, _] = diff(&desired, &KernelEntries::default(), true);
+        let failed: Vec<Op> = entries
+            .iter()
+            .copied()
+            .filter(|op| matches!(op, Op::AddNexthop(n) if n.id == 7))
+            .collect();
+        let (go, held) = split_dependents(&routes, &failed);
+        assert_eq!(go.len(), 1);
+        assert!(matches!(go[0], Op::SetRoute(r) if r.nexthop == Some(8)));
+        assert!(
+            matches!(held[..], [(Op::SetRoute(r), Op::AddNexthop(n))] if r.nexthop == Some(7) && n.id == 7)
+        );
+
+        // Plain routes: the gateway's neighbour.
+        let plain = state(&[("10.42.1.0/24", "10.42.1.0", 1, "192.168.1.11")]);
+        let [entries, routes, _, _] = diff(&plain, &KernelEntries::default(), true);
+        let failed: Vec<Op> = entries
+            .iter()
+            .copied()
+            .filter(|op| matches!(op, Op::SetNeighbour(_)))
+            .collect();
+        let (go, held) = split_dependents(&routes, &failed);
+        assert!(go.is_empty());
+        assert_eq!(held.len(), 1);
+
+        // Deleting: a route that could not go keeps its nexthop and
+        // neighbour; the FDB entry goes anyway.
+        let [_, _, route_deletes, deletes] = diff(&KernelEntries::default(), &desired, true);
+        let failed: Vec<Op> = route_deletes
+            .iter()
+            .copied()
+            .filter(|op| matches!(op, Op::DelRoute(r) if r.nexthop == Some(7)))
+            .collect();
+        let (go, held) = split_dependents(&deletes, &failed);
+        assert_eq!(held.len(), 2, "{held:?}");
+        assert!(held
+            .iter()
+            .all(|(op, _)| matches!(op, Op::DelNexthop(n) if n.id == 7)
+                || matches!(op, Op::DelNeighbour(n) if n.ip == ip("10.42.1.0"))));
+        assert_eq!(go.len(), deletes.len() - 2);
     }
 }

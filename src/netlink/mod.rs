@@ -10,10 +10,11 @@ mod ops;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
-use rtnetlink::packet_core::NetlinkMessage;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
@@ -24,6 +25,7 @@ use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress, RouteEntry};
+use nexthop::set_receive_buffer;
 pub use nexthop::{FoundNexthop, NexthopDump, NexthopEvent, RequestError};
 pub use ops::{observation, MAX_IN_FLIGHT};
 
@@ -331,21 +333,37 @@ where
 pub async fn monitor(
     netns: Option<&Path>,
 ) -> Result<impl Stream<Item = KernelEvent> + Unpin + Send, NetlinkError> {
+    let (rtnl, nexthops) = monitor_parts(netns).await?;
+    Ok(stream::select(rtnl, nexthops))
+}
+
+type EventStream = futures_util::stream::BoxStream<'static, KernelEvent>;
+
+/// The two halves of [`monitor`]: rtnetlink groups, nexthop objects.
+async fn monitor_parts(netns: Option<&Path>) -> Result<(EventStream, EventStream), NetlinkError> {
     // RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE |
     // RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
     const GROUPS: u32 = 0x1 | 0x4 | 0x10 | 0x40 | 0x100 | 0x400;
     let label = netns_label(netns);
     let (mut connection, _handle, messages) = open_connection(netns).await?;
-    connection
-        .socket_mut()
-        .socket_mut()
+    let socket = connection.socket_mut().socket_mut();
+    socket
         .bind(&rtnetlink::sys::SocketAddr::new(0, GROUPS))
         .map_err(|e| NetlinkError::Open {
             netns: label,
             problem: format!("cannot subscribe to kernel notifications: {e}"),
         })?;
+    // A burst (the echo of a cold start) must not overflow the default
+    // 208 KiB before the reader drains it.
+    set_receive_buffer(socket.as_raw_fd());
     tokio::spawn(connection);
-    let rtnl = messages.map(|(message, _)| KernelEvent::Rtnl(message));
+    let rtnl = messages
+        .map(|(message, _)| match message.payload {
+            // netlink-proto's report of ENOBUFS: notifications were lost.
+            NetlinkPayload::Overrun(_) => KernelEvent::Overrun,
+            _ => KernelEvent::Rtnl(message),
+        })
+        .boxed();
     // Nexthop notifications come on a raw socket of their own (rtnetlink
     // cannot decode them); a kernel without the group has none.
     let nexthops = match on_netns_thread(netns, RawSocket::subscribed).await? {
@@ -355,7 +373,7 @@ pub async fn monitor(
             .boxed(),
         None => stream::pending().boxed(),
     };
-    Ok(stream::select(rtnl, nexthops))
+    Ok((rtnl, nexthops))
 }
 
 /// How many observations may wait for the reconcile loop (about 64 bytes
@@ -365,50 +383,89 @@ pub async fn monitor(
 /// peers; above, the first pass is followed by one dump.
 pub const OBSERVATION_BACKLOG: usize = 32768;
 
+/// Kernel notifications in `netns` reduced to [`Observation`]s, from
+/// [`observations`].
+pub struct Observations {
+    queue: tokio::sync::mpsc::Receiver<Observation>,
+    /// Set by the producer when it dropped an observation (queue full).
+    lost: Arc<AtomicBool>,
+    /// Told the consumer that the monitor ended.
+    ended_reported: bool,
+}
+
+impl Observations {
+    /// The next observation. A dropped one is reported first as
+    /// [`Observation::Overrun`]; the end of the kernel monitor (either half)
+    /// once as [`Observation::MonitorEnded`], then `None`.
+    pub async fn recv(&mut self) -> Option<Observation> {
+        if self.lost.swap(false, Ordering::SeqCst) {
+            return Some(Observation::Overrun);
+        }
+        match self.queue.recv().await {
+            Some(observation) => Some(observation),
+            None => self.ended(),
+        }
+    }
+
+    /// As [`Observations::recv`], without waiting.
+    pub fn try_recv(&mut self) -> Option<Observation> {
+        if self.lost.swap(false, Ordering::SeqCst) {
+            return Some(Observation::Overrun);
+        }
+        match self.queue.try_recv() {
+            Ok(observation) => Some(observation),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.ended(),
+        }
+    }
+
+    fn ended(&mut self) -> Option<Observation> {
+        if self.ended_reported {
+            return None;
+        }
+        self.ended_reported = true;
+        Some(Observation::MonitorEnded)
+    }
+}
+
 /// Kernel notifications in `netns`, already reduced to [`Observation`]s
 /// (everything unrelated to the data paths dropped) by a task of their
-/// own, through a bounded queue.
-pub async fn observations(
-    netns: Option<&Path>,
-) -> Result<tokio::sync::mpsc::Receiver<Observation>, NetlinkError> {
+/// own, through a bounded queue. When the queue is full, observations are
+/// dropped and the consumer's next receive says [`Observation::Overrun`];
+/// when either half of the kernel monitor ends, the queue closes.
+pub async fn observations(netns: Option<&Path>) -> Result<Observations, NetlinkError> {
     use tokio::sync::mpsc::error::TrySendError;
-    let mut events = monitor(netns).await?;
-    let (tx, rx) = tokio::sync::mpsc::channel(OBSERVATION_BACKLOG);
+    let (rtnl, nexthops) = monitor_parts(netns).await?;
+    // `None` marks the end of a half: notifications of that kind would
+    // stop silently.
+    let mut events = stream::select(
+        rtnl.map(Some).chain(stream::iter([None])),
+        nexthops.map(Some).chain(stream::iter([None])),
+    );
+    let (tx, queue) = tokio::sync::mpsc::channel(OBSERVATION_BACKLOG);
+    let lost = Arc::new(AtomicBool::new(false));
+    let producer_lost = lost.clone();
     tokio::spawn(async move {
-        let mut overrun = false;
-        loop {
-            if overrun {
-                // Everything until the consumer catches up is covered by
-                // the overrun it is about to see.
-                tokio::select! {
-                    permit = tx.reserve() => match permit {
-                        Ok(permit) => {
-                            permit.send(Observation::Overrun);
-                            overrun = false;
-                        }
-                        Err(_) => return,
-                    },
-                    event = events.next() => if event.is_none() {
-                        return;
-                    },
-                }
-                continue;
-            }
-            let Some(event) = events.next().await else {
-                return;
-            };
+        while let Some(Some(event)) = events.next().await {
             let observation = observation(&event);
             if observation == Observation::Unrelated {
                 continue;
             }
             match tx.try_send(observation) {
                 Ok(()) => {}
-                Err(TrySendError::Full(_)) => overrun = true,
+                // The queue is not empty, so the consumer is about to
+                // receive and see the flag.
+                Err(TrySendError::Full(_)) => producer_lost.store(true, Ordering::SeqCst),
                 Err(TrySendError::Closed(_)) => return,
             }
         }
+        // Dropping `tx` closes the queue: the consumer sees MonitorEnded.
     });
-    Ok(rx)
+    Ok(Observations {
+        queue,
+        lost,
+        ended_reported: false,
+    })
 }
 
 fn enter_netns(path: &Path) -> Result<(), String> {

@@ -657,7 +657,7 @@ impl RawSocket {
     }
 }
 
-fn set_receive_buffer(fd: std::os::fd::RawFd) {
+pub(crate) fn set_receive_buffer(fd: std::os::fd::RawFd) {
     let size = RECEIVE_BUFFER;
     for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
         // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a valid

@@ -668,16 +668,46 @@ pub fn observation(event: &KernelEvent) -> Observation {
                     None => Observation::Overrun,
                 };
             }
-            match r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::NhId(id) => Some(*id),
-                _ => None,
-            }) {
-                Some(id) if !deleted => Observation::ForeignRouteUsesNexthop { id },
-                _ => Observation::Unrelated,
+            if deleted || route_table(r) != MAIN_TABLE {
+                return Observation::Unrelated;
+            }
+            let mut dst = None;
+            let mut nexthop = None;
+            for attribute in &r.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(a)) => {
+                        dst = Some(IpAddr::V4(*a))
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(a)) => {
+                        dst = Some(IpAddr::V6(*a))
+                    }
+                    RouteAttribute::NhId(id) => nexthop = Some(*id),
+                    _ => {}
+                }
+            }
+            match dst.and_then(|a| IpNetwork::new(a, r.header.destination_prefix_length).ok()) {
+                Some(dst) => Observation::ForeignRoute { dst, nexthop },
+                None => Observation::Unrelated,
             }
         }
         _ => Observation::Unrelated,
     }
+}
+
+/// RT_TABLE_MAIN.
+const MAIN_TABLE: u32 = 254;
+
+/// A route's table: RTA_TABLE when present (tables above 255), else the
+/// header's.
+fn route_table(message: &RouteMessage) -> u32 {
+    message
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(table) => Some(*table),
+            _ => None,
+        })
+        .unwrap_or_else(|| u32::from(message.header.table))
 }
 
 fn found_vxlan(message: &LinkMessage) -> FoundVxlan {

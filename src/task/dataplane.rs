@@ -24,7 +24,9 @@ use tracing::{debug, info, warn};
 use crate::backend::incremental::{EntryTarget, LastPass};
 use crate::backend::nexthop::use_nexthops;
 use crate::backend::vxlan::{desired_entries, incompatibility, DirectRouting, VxlanDeviceSpec};
-use crate::backend::{diff, host_gw, KernelEntries, Observation, Op, Scope, PHASES};
+use crate::backend::{
+    diff, host_gw, split_dependents, KernelEntries, Observation, Op, Scope, PHASES,
+};
 use crate::kube_subnet::PeerSnapshot;
 use crate::mac::MacAddr;
 use crate::netlink::{NetlinkError, NetlinkHandle, NexthopSupport};
@@ -207,6 +209,12 @@ impl VxlanDataPath {
         Ok(report)
     }
 
+    fn is_direct_uplink(&self, index: u32) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|d| d.uplink_index == index)
+    }
+
     /// Folds a kernel notification into the model; returns whether a pass
     /// is due: our device or its address changed, an entry of ours was
     /// touched by someone else, notifications were lost.
@@ -219,17 +227,23 @@ impl VxlanDataPath {
             ipv6,
         };
         let stale = match observation {
+            // DirectRouting: the uplink going down, losing its carrier or
+            // its address flushes our routes (and nexthop objects) through
+            // it with no notification of their own.
             Observation::Link { index: i, name } => {
-                Some(*i) == index || name.as_deref() == Some(self.spec.name.as_str())
+                Some(*i) == index
+                    || name.as_deref() == Some(self.spec.name.as_str())
+                    || self.is_direct_uplink(*i)
             }
-            Observation::Address { index: i } => Some(*i) == index,
-            Observation::Overrun => true,
+            Observation::Address { index: i } => Some(*i) == index || self.is_direct_uplink(*i),
+            Observation::Overrun | Observation::MonitorEnded => true,
             other => match &mut self.model {
                 Some(model) => model.observe(&scope, other),
                 None => return false,
             },
         };
         if stale {
+            debug!(device = %self.spec.name, ?observation, "the kernel changed behind our back; the next pass dumps");
             self.model = None;
             self.last = None;
         }
@@ -301,14 +315,19 @@ impl HostGwDataPath {
             ipv6: self.ipv6,
         };
         let stale = match observation {
-            Observation::Link { index, .. } => *index == self.uplink_index,
-            Observation::Overrun => true,
+            // Losing its address flushes plain routes through it, also
+            // silently.
+            Observation::Link { index, .. } | Observation::Address { index } => {
+                *index == self.uplink_index
+            }
+            Observation::Overrun | Observation::MonitorEnded => true,
             other => match &mut self.model {
                 Some(model) => model.observe(&scope, other),
                 None => return false,
             },
         };
         if stale {
+            debug!(uplink = %self.uplink_name, ?observation, "the kernel changed behind our back; the next pass dumps");
             self.model = None;
         }
         stale
@@ -384,13 +403,20 @@ async fn apply_difference(
     let total: usize = phases.iter().map(Vec::len).sum();
     let mut report = Report::default();
     for phase in &phases {
-        if phase.is_empty() {
+        let (go, held) = split_dependents(phase, &failed_ops(&report));
+        for (op, blocker) in held {
+            report.failures.push((
+                op,
+                format!("held back: it depends on `{blocker}`, which failed"),
+            ));
+        }
+        if go.is_empty() {
             continue;
         }
         report
             .failures
-            .extend(netlink.apply(device_index, phase).await);
-        report.applied += phase.len();
+            .extend(netlink.apply(device_index, &go).await);
+        report.applied += go.len();
     }
     for (op, error) in &report.failures {
         warn!(
@@ -414,6 +440,10 @@ async fn apply_difference(
         actual
     });
     (report, model)
+}
+
+fn failed_ops(report: &Report) -> Vec<Op> {
+    report.failures.iter().map(|(op, _)| *op).collect()
 }
 
 /// Every kernel change is logged once: one line per operation when there

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{Error, Failure, Phase, Progress, Step};
 use crate::backend::vxlan::{device_spec, DirectRouting};
+use crate::backend::Observation;
 use crate::config::{BackendConf, Config, NetConf};
 use crate::files;
 use crate::files::SubnetEnv;
@@ -290,6 +291,7 @@ async fn drive_data_path(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Option<tokio::time::Instant> = None;
     let mut ready = false;
+    let mut monitor_ended = false;
     loop {
         tokio::select! {
             changed = peers.changed() => {
@@ -298,7 +300,10 @@ async fn drive_data_path(
                 }
             }
             Some(observation) = kernel.recv() => {
-                if !path.observe(&observation) {
+                if observation == Observation::MonitorEnded {
+                    warn!("the kernel monitor stopped: every pass dumps the kernel from now on");
+                    monitor_ended = true;
+                } else if !path.observe(&observation) {
                     continue;
                 }
             }
@@ -306,8 +311,17 @@ async fn drive_data_path(
             () = sleep_until_or_never(retry) => {}
         }
         tokio::time::sleep(COALESCE).await;
-        while let Ok(observation) = kernel.try_recv() {
-            path.observe(&observation);
+        while let Some(observation) = kernel.try_recv() {
+            if observation == Observation::MonitorEnded {
+                warn!("the kernel monitor stopped: every pass dumps the kernel from now on");
+                monitor_ended = true;
+            } else {
+                path.observe(&observation);
+            }
+        }
+        if monitor_ended {
+            // Without notifications nothing can vouch for the models.
+            path.forget_models();
         }
         let snapshot = peers.borrow_and_update().clone();
         progress.update(|s| {

@@ -147,6 +147,10 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
+                    // As Go's net package does for kube-apiserver: without
+                    // it, a watch event written in pieces can wait for the
+                    // client's delayed ACK (Nagle), up to 40 ms.
+                    let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     connections.spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
