@@ -322,6 +322,16 @@ async fn entries_altered_behind_the_agents_back_are_put_right() {
     })
     .await;
 
+    // Our address taken away, a stray one of the cluster network added
+    // (the IPv6 link-local address coming and going is ignored).
+    n0.ip(&["addr", "del", "10.42.0.0/32", "dev", "flannel.1"]);
+    n0.ip(&["addr", "add", "10.42.9.9/32", "dev", "flannel.1"]);
+    within(Duration::from_secs(2), "device address put right", || {
+        let addresses = n0.ip(&["-4", "addr", "show", "dev", "flannel.1"]);
+        addresses.contains("inet 10.42.0.0/32") && !addresses.contains("10.42.9.9")
+    })
+    .await;
+
     // After all that, a peer change still lands: the public IP moves.
     lab.server
         .update_node("node-1", |n| {

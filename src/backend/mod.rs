@@ -271,6 +271,8 @@ pub enum Observation {
     Address {
         /// The link's index.
         index: u32,
+        /// The address (`None` when the message carries none).
+        address: Option<IpAddr>,
     },
     /// Notifications were lost: anything may have changed.
     Overrun,

@@ -632,6 +632,7 @@ pub fn observation(event: &KernelEvent) -> Observation {
         RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) => {
             Observation::Address {
                 index: a.header.index,
+                address: super::address_from_message(a).map(|found| found.address),
             }
         }
         RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {

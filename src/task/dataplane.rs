@@ -235,7 +235,16 @@ impl VxlanDataPath {
                     || name.as_deref() == Some(self.spec.name.as_str())
                     || self.is_direct_uplink(*i)
             }
-            Observation::Address { index: i } => Some(*i) == index || self.is_direct_uplink(*i),
+            // Only what `ensure_device` manages: our lease address and
+            // other addresses inside the cluster network. The IPv6 link-local
+            // address finishing DAD a second or two after the device came
+            // up is none of our business.
+            Observation::Address { index: i, address } => {
+                (Some(*i) == index
+                    && address
+                        .is_none_or(|a| a == self.lease.network() || self.network.contains(a)))
+                    || self.is_direct_uplink(*i)
+            }
             Observation::Overrun | Observation::MonitorEnded => true,
             other => match &mut self.model {
                 Some(model) => model.observe(&scope, other),
@@ -317,7 +326,7 @@ impl HostGwDataPath {
         let stale = match observation {
             // Losing its address flushes plain routes through it, also
             // silently.
-            Observation::Link { index, .. } | Observation::Address { index } => {
+            Observation::Link { index, .. } | Observation::Address { index, .. } => {
                 *index == self.uplink_index
             }
             Observation::Overrun | Observation::MonitorEnded => true,
