@@ -205,9 +205,20 @@ impl CniOverhead {
         self.stats(|p| (p.bridge_add_ms, p.bridge_del_ms))
     }
 
-    /// What our plugin adds: p50 ADD+DEL difference, ms.
+    /// What our plugin adds: the median over pods of (flannel ADD+DEL -
+    /// bridge ADD+DEL) for the same pod slot, ms. Both paths of a pod run
+    /// back to back, so this cancels most of the per-call noise (a few ms
+    /// of process start-up in the wrappers), which the difference of the
+    /// two medians does not: that one moved between +1.9 and +5.0 ms in
+    /// two runs where this one stayed at 4.5.
     pub fn overhead_ms(&self) -> f64 {
-        self.flannel().p50 - self.bridge().p50
+        let mut differences: Vec<f64> = self
+            .samples
+            .iter()
+            .map(|p| (p.flannel_add_ms + p.flannel_del_ms) - (p.bridge_add_ms + p.bridge_del_ms))
+            .collect();
+        differences.sort_by(|a, b| a.total_cmp(b));
+        report::percentile(&differences, 50.0)
     }
 }
 
@@ -238,7 +249,8 @@ impl BenchResult for CniOverhead {
         let overhead = self.overhead_ms();
         let _ = writeln!(
             out,
-            "  overhead we add (p50 difference, ADD+DEL): {overhead:.2} ms  (goal <= 2 ms: {})",
+            "  overhead we add (median of per-pod differences, ADD+DEL): {overhead:.2} ms; difference of the p50s {:.2} ms  (goal <= 2 ms: {})",
+            self.flannel().p50 - self.bridge().p50,
             if overhead <= 2.0 { "met" } else { "NOT met" }
         );
         out

@@ -318,7 +318,7 @@ fn rss_goal(churn: Option<&IdleChurn>, cold: Option<&ColdSync>, error: &str) -> 
 }
 
 fn cni_goal(cni: Option<&CniOverhead>, error: &str) -> Goal {
-    let name = "CNI ADD+DEL overhead over bare bridge, p50";
+    let name = "CNI ADD+DEL overhead over bare bridge, median";
     let target = "<= 2 ms";
     match cni {
         Some(cni) => Goal {
@@ -326,7 +326,7 @@ fn cni_goal(cni: Option<&CniOverhead>, error: &str) -> Goal {
             name: name.into(),
             target: target.into(),
             figure: format!(
-                "{:+.2} ms ({:.2} vs {:.2} ms, {} pods)",
+                "{:+.2} ms median per-pod difference (p50s {:.2} vs {:.2} ms, {} pods)",
                 cni.overhead_ms(),
                 cni.flannel().p50,
                 cni.bridge().p50,
