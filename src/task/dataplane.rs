@@ -148,12 +148,7 @@ impl VxlanDataPath {
         if let (Some(device), Some(model), Some(last)) =
             (self.device, self.model.as_ref(), self.last.as_mut())
         {
-            let target = EntryTarget {
-                device_index: device.index,
-                direct: self.direct.as_ref(),
-                ipv6,
-                nexthops,
-            };
+            let target = entry_target(device.index, self.direct.as_ref(), ipv6, nexthops);
             if let Some(phases) = last.advance(&peers.peers, peers.synced, model, &target) {
                 let wanted = last.routes_wanted();
                 let actual = self.model.take().unwrap_or_default();
@@ -197,12 +192,7 @@ impl VxlanDataPath {
         )
         .await;
         self.last = model.is_some().then(|| {
-            let target = EntryTarget {
-                device_index: device.index,
-                direct: self.direct.as_ref(),
-                ipv6,
-                nexthops,
-            };
+            let target = entry_target(device.index, self.direct.as_ref(), ipv6, nexthops);
             LastPass::new(peers.peers.clone(), peers.synced, desired, &target)
         });
         self.model = model;
@@ -257,6 +247,20 @@ impl VxlanDataPath {
             self.last = None;
         }
         stale
+    }
+}
+
+fn entry_target(
+    device_index: u32,
+    direct: Option<&DirectRouting>,
+    ipv6: bool,
+    nexthops: bool,
+) -> EntryTarget<'_> {
+    EntryTarget {
+        device_index,
+        direct,
+        ipv6,
+        nexthops,
     }
 }
 
