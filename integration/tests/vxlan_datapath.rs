@@ -18,6 +18,15 @@ fn vtep_mac(ns: &TestNetns) -> String {
         .to_string()
 }
 
+/// `bridge fdb show dev flannel.1` in `ns`.
+fn fdb_show(ns: &TestNetns) -> String {
+    String::from_utf8_lossy(
+        &ns.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
+            .stdout,
+    )
+    .into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_reproduce_the_seed_data_path() {
     let lab = NodePair::new("vx", Backend::Vxlan);
@@ -148,11 +157,7 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
         String::from_utf8_lossy(&out.stderr)
     );
     within(Duration::from_secs(2), "fdb restored", || {
-        String::from_utf8_lossy(
-            &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
-                .stdout,
-        )
-        .contains(&mac1)
+        fdb_show(n0).contains(&mac1)
     })
     .await;
 
@@ -181,11 +186,7 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
         Duration::from_secs(3),
         "fdb follows the new public ip",
         || {
-            let fdb = String::from_utf8_lossy(
-                &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
-                    .stdout,
-            )
-            .into_owned();
+            let fdb = fdb_show(n0);
             fdb.contains(&format!("{mac1} dst 192.168.1.99")) && !fdb.contains("192.168.1.13")
         },
     )
@@ -194,11 +195,7 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
     // The Node deleted: its three entries go.
     lab.server.delete_node("node-1").unwrap();
     within(Duration::from_secs(1), "deleted peer removed", || {
-        let fdb = String::from_utf8_lossy(
-            &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
-                .stdout,
-        )
-        .into_owned();
+        let fdb = fdb_show(n0);
         !has_route()
             && !fdb.contains(&mac1)
             && !n0
@@ -222,13 +219,6 @@ async fn entries_altered_behind_the_agents_back_are_put_right() {
     ready_with_peer(&h1).await;
     let n0 = &lab.nodes[0];
     let mac1 = vtep_mac(&lab.nodes[1]);
-    let fdb = || {
-        String::from_utf8_lossy(
-            &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
-                .stdout,
-        )
-        .into_owned()
-    };
     let bridge = |args: &[&str]| {
         let out = n0.exec("bridge", args);
         assert!(
@@ -283,7 +273,7 @@ async fn entries_altered_behind_the_agents_back_are_put_right() {
     within(Duration::from_secs(2), "stray entries removed", || {
         !n0.ip(&["neigh", "show", "dev", "flannel.1"])
             .contains("10.42.77.0")
-            && !fdb().contains("0a:ee:ee:ee:ee:03")
+            && !fdb_show(n0).contains("0a:ee:ee:ee:ee:03")
     })
     .await;
 
@@ -345,7 +335,7 @@ async fn entries_altered_behind_the_agents_back_are_put_right() {
         Duration::from_secs(2),
         "fdb follows the new public ip",
         || {
-            let fdb = fdb();
+            let fdb = fdb_show(n0);
             fdb.contains(&format!("{mac1} dst 192.168.1.98")) && !fdb.contains("192.168.1.13")
         },
     )
@@ -396,10 +386,6 @@ async fn entries_of_peers_deleted_while_stopped_are_removed_at_start() {
     assert!(!n0
         .ip(&["neigh", "show", "dev", "flannel.1"])
         .contains("10.42.1.0"));
-    assert!(!String::from_utf8_lossy(
-        &n0.exec("bridge", &["fdb", "show", "dev", "flannel.1"])
-            .stdout
-    )
-    .contains("192.168.1.13"));
+    assert!(!fdb_show(n0).contains("192.168.1.13"));
     h0.shutdown().await.unwrap();
 }
