@@ -117,6 +117,13 @@ async fn dual_stack_vxlan_carries_both_families() {
     ] {
         let link = n0.ip(&["-d", "link", "show", device]);
         assert!(link.contains(mtu) && link.contains(wanted), "{link}");
+        let sysctl = format!("/proc/sys/net/ipv6/conf/{device}/accept_ra");
+        let accept_ra = n0.exec("cat", &[&sysctl]);
+        assert_eq!(
+            String::from_utf8_lossy(&accept_ra.stdout).trim(),
+            "0",
+            "{device}"
+        );
     }
     let route6 = route_to(n0, "fd00:42:0:1::/64").unwrap_or_default();
     assert!(

@@ -53,6 +53,10 @@ async fn two_nodes_reproduce_the_seed_data_path() {
     assert!(n0
         .ip(&["-4", "addr", "show", "dev", "flannel.1"])
         .contains("inet 10.42.0.0/32"));
+    // Router advertisements over the overlay are ignored, as with flanneld
+    // (the namespace's default is 1).
+    let accept_ra = n0.exec("cat", &["/proc/sys/net/ipv6/conf/flannel.1/accept_ra"]);
+    assert_eq!(String::from_utf8_lossy(&accept_ra.stdout).trim(), "0");
     // The seed's route, tagged as ours (through a nexthop object where the
     // kernel has them: `10.42.1.0/24 nhid N via 10.42.1.0 dev flannel.1
     // proto 77 onlink`).

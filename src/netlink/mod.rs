@@ -55,6 +55,14 @@ pub enum NexthopSupport {
 /// A netlink operation failed; names the namespace and the step.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
+    /// A sysctl of the namespace could not be read or written.
+    #[error("cannot set a sysctl in {netns}: {problem}")]
+    Sysctl {
+        /// The namespace (path, or "the agent's own namespace").
+        netns: String,
+        /// What failed.
+        problem: String,
+    },
     /// Entering the namespace or opening the socket failed.
     #[error("cannot open a netlink socket in {netns}: {problem}")]
     Open {
@@ -96,6 +104,8 @@ pub enum NetlinkError {
 pub struct NetlinkHandle {
     handle: rtnetlink::Handle,
     netns: String,
+    /// The namespace's path, for work that needs a thread inside it.
+    netns_path: Option<PathBuf>,
     raw: Arc<RawSocket>,
     nexthops: Arc<tokio::sync::OnceCell<NexthopSupport>>,
 }
@@ -112,8 +122,44 @@ impl NetlinkHandle {
         Ok(NetlinkHandle {
             handle,
             netns: label,
+            netns_path: netns.map(Path::to_path_buf),
             raw: Arc::new(raw),
             nexthops: Arc::new(tokio::sync::OnceCell::new()),
+        })
+    }
+
+    /// Sets `net.ipv6.conf.<device>.accept_ra` to 0 inside the namespace
+    /// (flanneld does the same: router advertisements arriving over the
+    /// overlay must not configure it), on a thread that entered the
+    /// namespace, since /proc/sys/net belongs to the reader's namespace.
+    /// Returns whether it had to change; a kernel without IPv6 has nothing
+    /// to change.
+    pub async fn disable_accept_ra(&self, device: &str) -> Result<bool, NetlinkError> {
+        if device.is_empty() || device.contains('/') || device.starts_with('.') {
+            return Err(NetlinkError::NoInterface(format!(
+                "'{device}' is not a device name"
+            )));
+        }
+        let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{device}/accept_ra"));
+        let outcome = on_netns_thread(self.netns_path.as_deref(), move || {
+            Ok((|| {
+                let current = match std::fs::read_to_string(&path) {
+                    Ok(current) => current,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+                };
+                if current.trim() == "0" {
+                    return Ok(false);
+                }
+                std::fs::write(&path, "0")
+                    .map(|()| true)
+                    .map_err(|e| format!("cannot write 0 to {}: {e}", path.display()))
+            })())
+        })
+        .await?;
+        outcome.map_err(|problem| NetlinkError::Sysctl {
+            netns: self.netns.clone(),
+            problem,
         })
     }
 

@@ -115,6 +115,9 @@ impl VxlanDataPath {
                 info!(device = %self.spec.name, mtu = self.spec.mtu, "set the vxlan device's MTU and brought it up");
             }
         }
+        if self.netlink.disable_accept_ra(&self.spec.name).await? && !created {
+            info!(device = %self.spec.name, "set accept_ra back to 0 on the vxlan device");
+        }
         let host_prefix = if self.lease.is_ipv6() { 128 } else { 32 };
         let address = IpNetwork::new(self.lease.network(), host_prefix)
             .map_err(|e| NetlinkError::NoInterface(format!("lease address: {e}")))?;
