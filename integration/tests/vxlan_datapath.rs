@@ -27,6 +27,25 @@ fn fdb_show(ns: &TestNetns) -> String {
     .into_owned()
 }
 
+/// Gives node-1 a new public IP and waits until node-0's FDB entry for
+/// `mac1` points there (and no longer at 192.168.1.13).
+async fn move_public_ip(lab: &NodePair, mac1: &str, ip: &str, deadline: Duration) {
+    lab.server
+        .update_node("node-1", |n| {
+            n.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(format!("{PREFIX}public-ip"), ip.into());
+        })
+        .unwrap();
+    let n0 = &lab.nodes[0];
+    within(deadline, "fdb follows the new public ip", || {
+        let fdb = fdb_show(n0);
+        fdb.contains(&format!("{mac1} dst {ip}")) && !fdb.contains("192.168.1.13")
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_reproduce_the_seed_data_path() {
     let lab = NodePair::new("vx", Backend::Vxlan);
@@ -178,23 +197,7 @@ async fn deleted_kernel_state_is_restored_and_gone_peers_are_removed() {
     assert_eq!(vtep_mac(n0), mac0, "the MAC peers know is kept");
 
     // A peer's public IP changes: its FDB entry follows.
-    lab.server
-        .update_node("node-1", |n| {
-            n.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(format!("{PREFIX}public-ip"), "192.168.1.99".into());
-        })
-        .unwrap();
-    within(
-        Duration::from_secs(3),
-        "fdb follows the new public ip",
-        || {
-            let fdb = fdb_show(n0);
-            fdb.contains(&format!("{mac1} dst 192.168.1.99")) && !fdb.contains("192.168.1.13")
-        },
-    )
-    .await;
+    move_public_ip(&lab, &mac1, "192.168.1.99", Duration::from_secs(3)).await;
 
     // The Node deleted: its three entries go.
     lab.server.delete_node("node-1").unwrap();
@@ -327,23 +330,7 @@ async fn entries_altered_behind_the_agents_back_are_put_right() {
     .await;
 
     // After all that, a peer change still lands: the public IP moves.
-    lab.server
-        .update_node("node-1", |n| {
-            n.metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(format!("{PREFIX}public-ip"), "192.168.1.98".into());
-        })
-        .unwrap();
-    within(
-        Duration::from_secs(2),
-        "fdb follows the new public ip",
-        || {
-            let fdb = fdb_show(n0);
-            fdb.contains(&format!("{mac1} dst 192.168.1.98")) && !fdb.contains("192.168.1.13")
-        },
-    )
-    .await;
+    move_public_ip(&lab, &mac1, "192.168.1.98", Duration::from_secs(2)).await;
     h0.shutdown().await.unwrap();
     h1.shutdown().await.unwrap();
 }
