@@ -52,7 +52,7 @@ pub struct FlannelFlags {
     #[arg(long, value_name = "CIDR[,CIDR]", default_value = DEFAULT_CLUSTER_CIDR)]
     pub cluster_cidr: String,
     /// Data directory; net-conf.json and the CNI conflist go under
-    /// <DIR>/agent/etc.
+    /// DIR/agent/etc.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// This node's name (default: the host name, lowercased, as k3s does).

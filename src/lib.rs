@@ -10,6 +10,7 @@
 //! in `vendor-notes/`.
 //!
 //! ```no_run
+//! # #[cfg(feature = "network")]
 //! # async fn host(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! use flannel_embed::{Backend, Config};
 //!
@@ -21,26 +22,47 @@
 //! handle.ready().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Features
+//!
+//! | feature | default | adds |
+//! | --- | --- | --- |
+//! | `network` | yes | the network task: [`spawn`], `Handle`, the Node watch, the backends, netlink, masquerade rules (kube, k8s-openapi, tokio without a runtime flavour, rtnetlink) |
+//! | `cli` | no | `cli::FlannelFlags`, k3s's `--flannel-*` flags for a clap command line (clap) |
+//! | `cni-plugin` | no | `cni::main()`, the `flannel` CNI plugin's entry point for a binary (tracing-subscriber for its stderr log) |
+//! | `agent` | no | this repository's `flannel-agent` binary; it picks k8s-openapi `v1_33`, so a host crate never enables it |
+//!
+//! None of them enables a k8s-openapi version feature except `agent`: the
+//! host's binary picks the Kubernetes API version, as kube-rs asks of
+//! binaries. `vendor-notes/embedding.md` shows a host crate.
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "network")]
 pub mod backend;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod cni;
 pub mod config;
 pub mod files;
+#[cfg(feature = "network")]
 pub mod kube_subnet;
 mod mac;
+#[cfg(feature = "network")]
 pub mod masq;
+#[cfg(feature = "network")]
 pub mod netlink;
+#[cfg(feature = "network")]
 mod task;
 
 pub use config::{Backend, Config, ConfigBuilder};
+#[cfg(feature = "network")]
 pub use kube_subnet::Lease;
 pub use mac::{MacAddr, MacParseError};
+#[cfg(feature = "network")]
 pub use task::{spawn, Error, Failure, Handle, Phase, Status, Step};
 
 // The README's embedding example is compiled as a doc test.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "network"))]
 #[doc = include_str!("../README.md")]
 mod readme {}

@@ -63,8 +63,8 @@ pub fn without(mut node: Node, key: &str) -> Node {
 
 /// Two nodes as in the seed article: `node-0` (192.168.1.12) and `node-1`
 /// (192.168.1.13) in their own network namespaces, joined by a veth "wire",
-/// with Node objects in a test API server (podCIDRs 10.42.<i>.0/24, plus
-/// fd00:42:0:<i>::/64 and uplink addresses fd00:1::12/13 when dual-stack).
+/// with Node objects in a test API server (podCIDRs `10.42.<i>.0/24`, plus
+/// `fd00:42:0:<i>::/64` and uplink addresses fd00:1::12/13 when dual-stack).
 /// Each node's network task runs in this process, bound to its namespace.
 pub struct NodePair {
     /// The API server both tasks talk to.

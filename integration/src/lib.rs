@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod builds;
 pub mod cni_runner;
 pub mod fixtures;
 pub mod lab;

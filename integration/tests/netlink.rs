@@ -16,7 +16,8 @@ async fn finds_the_uplink_inside_each_namespace_not_the_hosts() {
         NetlinkHandle::open(Some(&p1)),
         NetlinkHandle::open(Some(&p2))
     );
-    let (h1, h2) = (h1.unwrap(), h2.unwrap());
+    let ((h1, d1), (h2, d2)) = (h1.unwrap(), h2.unwrap());
+    let drivers = [tokio::spawn(d1), tokio::spawn(d2)];
     let e1 = h1.external_interface(None, true, false).await.unwrap();
     let e2 = h2.external_interface(None, true, false).await.unwrap();
     assert_eq!((e1.name.as_str(), e1.mtu), ("eth0", 1500));
@@ -45,13 +46,15 @@ async fn finds_the_uplink_inside_each_namespace_not_the_hosts() {
         missing.contains(node1.name()) && missing.contains("no interface named 'wlan0'"),
         "{missing}"
     );
+    drivers.iter().for_each(|d| d.abort());
 }
 
 #[tokio::test]
 async fn a_namespace_without_default_route_says_to_pass_flannel_iface() {
     let bare = TestNetns::new("nlbare");
     let path = bare.path();
-    let handle = NetlinkHandle::open(Some(&path)).await.unwrap();
+    let (handle, driver) = NetlinkHandle::open(Some(&path)).await.unwrap();
+    let _driver = tokio::spawn(driver);
     let error = handle
         .external_interface(None, true, false)
         .await

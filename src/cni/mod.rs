@@ -17,6 +17,7 @@
 //! A host binary can be a multi-call binary, as k3s is:
 //!
 //! ```no_run
+//! # #[cfg(feature = "cni-plugin")]
 //! fn main() -> std::process::ExitCode {
 //!     let argv0 = std::env::args_os().next().unwrap_or_default();
 //!     if std::path::Path::new(&argv0).file_name() == Some("flannel".as_ref()) {
@@ -25,6 +26,8 @@
 //!     // ... the host's own main
 //!     std::process::ExitCode::SUCCESS
 //! }
+//! # #[cfg(not(feature = "cni-plugin"))]
+//! # fn main() {}
 //! ```
 
 mod delegate;
@@ -35,7 +38,9 @@ mod plugin;
 mod state;
 mod version;
 
+#[cfg(feature = "cni-plugin")]
 use std::io::Write;
+#[cfg(feature = "cni-plugin")]
 use std::process::ExitCode;
 
 pub use delegate::{build_delegate, delegate_type, render_delegate};
@@ -57,6 +62,9 @@ pub use version::{
 /// anything in the host writes to stdout. Logs go to stderr (`RUST_LOG`,
 /// default `warn`); a tracing subscriber the host already installed is
 /// kept.
+///
+/// Needs the `cni-plugin` feature.
+#[cfg(feature = "cni-plugin")]
 pub fn main() -> ExitCode {
     // Every pod start pays for this: the filter parser only runs when
     // RUST_LOG asks for something.

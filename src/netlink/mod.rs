@@ -7,11 +7,15 @@ mod iface;
 mod nexthop;
 mod ops;
 
+use std::fmt;
 use std::fs::File;
+use std::future::Future;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use futures_util::stream::{self, Stream, StreamExt, TryStreamExt};
 use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
@@ -111,21 +115,35 @@ pub struct NetlinkHandle {
 }
 
 impl NetlinkHandle {
-    /// Opens a netlink socket inside the namespace at `netns` (or the
-    /// process's own namespace for `None`) and drives it on the current
-    /// tokio runtime.
-    pub async fn open(netns: Option<&Path>) -> Result<NetlinkHandle, NetlinkError> {
+    /// Opens netlink sockets inside the namespace at `netns` (or the
+    /// process's own namespace for `None`). The returned [`Driver`] reads
+    /// the kernel's answers for the handle: the caller runs it (spawns it
+    /// on its runtime, where it can cancel and await it) for as long as it
+    /// uses the handle. The sockets close when the driver and every clone
+    /// of the handle are dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), flannel_embed::netlink::NetlinkError> {
+    /// use flannel_embed::netlink::NetlinkHandle;
+    ///
+    /// let (netlink, driver) = NetlinkHandle::open(Some("/run/netns/node-1".as_ref())).await?;
+    /// let driver = tokio::spawn(driver);
+    /// println!("{} links", netlink.links().await?.len());
+    /// driver.abort();
+    /// # Ok(()) }
+    /// ```
+    pub async fn open(netns: Option<&Path>) -> Result<(NetlinkHandle, Driver), NetlinkError> {
         let label = netns_label(netns);
         let (connection, handle, _messages) = open_connection(netns).await?;
-        tokio::spawn(connection);
         let raw = on_netns_thread(netns, RawSocket::new).await?;
-        Ok(NetlinkHandle {
+        let handle = NetlinkHandle {
             handle,
             netns: label,
             netns_path: netns.map(Path::to_path_buf),
             raw: Arc::new(raw),
             nexthops: Arc::new(tokio::sync::OnceCell::new()),
-        })
+        };
+        Ok((handle, Driver::new(connection)))
     }
 
     /// Sets `net.ipv6.conf.<device>.accept_ra` to 0 inside the namespace
@@ -283,6 +301,34 @@ impl NetlinkHandle {
     }
 }
 
+/// Background work that a netlink handle or notification queue needs:
+/// reading the socket. This module never spawns it; the caller runs it
+/// (`tokio::spawn`, a task tracker) so that it can cancel and await it.
+/// It ends by itself only if the socket fails or its users are gone;
+/// dropping it closes the socket it reads.
+#[must_use = "a netlink driver does nothing unless it is polled (spawn it)"]
+pub struct Driver(Pin<Box<dyn Future<Output = ()> + Send + 'static>>);
+
+impl Driver {
+    fn new(work: impl Future<Output = ()> + Send + 'static) -> Driver {
+        Driver(Box::pin(work))
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Driver")
+    }
+}
+
 fn netns_label(netns: Option<&Path>) -> String {
     netns.map_or_else(
         || "the agent's own namespace".to_string(),
@@ -402,14 +448,19 @@ async fn monitor_parts(netns: Option<&Path>) -> Result<(EventStream, EventStream
     // A burst (the echo of a cold start) must not overflow the default
     // 208 KiB before the reader drains it.
     set_receive_buffer(socket.as_raw_fd());
-    tokio::spawn(connection);
-    let rtnl = messages
-        .map(|(message, _)| match message.payload {
-            // netlink-proto's report of ENOBUFS: notifications were lost.
-            NetlinkPayload::Overrun(_) => KernelEvent::Overrun,
-            _ => KernelEvent::Rtnl(message),
-        })
-        .boxed();
+    // The stream drives its own connection: whoever reads the
+    // notifications keeps the socket open, and dropping the stream
+    // closes it. Nothing is left running in the background.
+    let rtnl = DrivenMessages {
+        connection: Some(Box::pin(connection)),
+        messages,
+    }
+    .map(|(message, _)| match message.payload {
+        // netlink-proto's report of ENOBUFS: notifications were lost.
+        NetlinkPayload::Overrun(_) => KernelEvent::Overrun,
+        _ => KernelEvent::Rtnl(message),
+    })
+    .boxed();
     // Nexthop notifications come on a raw socket of their own (rtnetlink
     // cannot decode them); a kernel without the group has none.
     let nexthops = match on_netns_thread(netns, RawSocket::subscribed).await? {
@@ -475,11 +526,13 @@ impl Observations {
 }
 
 /// Kernel notifications in `netns`, already reduced to [`Observation`]s
-/// (everything unrelated to the data paths dropped) by a task of their
-/// own, through a bounded queue. When the queue is full, observations are
-/// dropped and the consumer's next receive says [`Observation::Overrun`];
-/// when either half of the kernel monitor ends, the queue closes.
-pub async fn observations(netns: Option<&Path>) -> Result<Observations, NetlinkError> {
+/// (everything unrelated to the data paths dropped) by the returned
+/// [`Driver`], which the caller runs beside its consumer (so a long pass
+/// of the consumer never leaves the socket unread), through a bounded
+/// queue. When the queue is full, observations are dropped and the
+/// consumer's next receive says [`Observation::Overrun`]; when either half
+/// of the kernel monitor ends, or the driver is dropped, the queue closes.
+pub async fn observations(netns: Option<&Path>) -> Result<(Observations, Driver), NetlinkError> {
     use tokio::sync::mpsc::error::TrySendError;
     let (rtnl, nexthops) = monitor_parts(netns).await?;
     // `None` marks the end of a half: notifications of that kind would
@@ -491,7 +544,7 @@ pub async fn observations(netns: Option<&Path>) -> Result<Observations, NetlinkE
     let (tx, queue) = tokio::sync::mpsc::channel(OBSERVATION_BACKLOG);
     let lost = Arc::new(AtomicBool::new(false));
     let producer_lost = lost.clone();
-    tokio::spawn(async move {
+    let producer = Driver::new(async move {
         while let Some(Some(event)) = events.next().await {
             let observation = observation(&event);
             if observation == Observation::Unrelated {
@@ -507,11 +560,36 @@ pub async fn observations(netns: Option<&Path>) -> Result<Observations, NetlinkE
         }
         // Dropping `tx` closes the queue: the consumer sees MonitorEnded.
     });
-    Ok(Observations {
+    let observations = Observations {
         queue,
         lost,
         ended_reported: false,
-    })
+    };
+    Ok((observations, producer))
+}
+
+/// The notifications of a monitor connection, with the connection polled
+/// by the stream itself. The connection reads the socket and queues what
+/// it reads; when it ends (socket closed), the queue ends after what it
+/// holds.
+struct DrivenMessages<M> {
+    connection: Option<Pin<Box<rtnetlink::proto::Connection<RouteNetlinkMessage>>>>,
+    messages: M,
+}
+
+impl<M: Stream + Unpin> Stream for DrivenMessages<M> {
+    type Item = M::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(connection) = self.connection.as_mut() {
+            if connection.as_mut().poll(cx).is_ready() {
+                // Dropping the connection drops the sending half: the
+                // queue yields what it holds, then ends.
+                self.connection = None;
+            }
+        }
+        self.messages.poll_next_unpin(cx)
+    }
 }
 
 fn enter_netns(path: &Path) -> Result<(), String> {

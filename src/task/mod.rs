@@ -4,6 +4,7 @@
 
 mod dataplane;
 mod run;
+mod scope;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -272,9 +273,11 @@ impl Handle {
         outcome
     }
 
-    /// Stops the task and waits for it. Kernel state (devices, routes,
-    /// rules) and files are left in place so pods keep their network across
-    /// a restart, as upstream does.
+    /// Stops the task and waits for it: when this returns, nothing of the
+    /// task is running any more (no background task, no netlink socket;
+    /// a blocking job in flight, such as an iptables run, is waited for).
+    /// Kernel state (devices, routes, rules) and files are left in place
+    /// so pods keep their network across a restart, as upstream does.
     pub async fn shutdown(mut self) -> Result<(), Error> {
         let _ = self.shutdown.send(true);
         self.wait().await
@@ -285,7 +288,7 @@ impl Handle {
 ///
 /// The task writes the CNI conflist and net-conf.json, waits for the Node's
 /// Pod CIDR, then programs the backend's data path and keeps it reconciled.
-/// With [`Backend::None`] nothing is started and the handle reports
+/// With [`Backend::None`](crate::Backend::None) nothing is started and the handle reports
 /// [`Failure::Disabled`].
 ///
 /// ```no_run
@@ -335,13 +338,19 @@ pub fn spawn(client: Client, config: Config) -> Handle {
                     std::future::pending::<()>().await;
                 }
             };
+            let scope = scope::Scope::new();
             let outcome = tokio::select! {
-                result = run::run(client, &config, &progress) => result,
+                result = run::run(client, &config, &progress, &scope) => result,
                 () = requested_stop => {
                     info!("flannel shutting down; leaving interfaces, routes and files in place");
                     Ok(())
                 }
             };
+            // Whatever ended the task, its background work (netlink
+            // connection, kernel monitor, rule keeper, blocking jobs) ends
+            // before the outcome is reported: once `wait` or `shutdown`
+            // returns, nothing of the task runs and its sockets are closed.
+            scope.close().await;
             progress.finish(&outcome);
             outcome
         }

@@ -34,6 +34,7 @@ use crate::netlink::{self, ExternalInterface, NetlinkHandle};
 use ipnetwork::IpNetwork;
 
 use super::dataplane::{DataPath, HostGwDataPath, VxlanDataPath};
+use super::scope::Scope;
 
 /// The backend's decisions that peers see through annotations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,15 +45,20 @@ pub(crate) struct BackendAttrs {
     pub vtep_macs: (Option<MacAddr>, Option<MacAddr>),
 }
 
-pub(super) async fn run(client: Client, config: &Config, progress: &Progress) -> Result<(), Error> {
+pub(super) async fn run(
+    client: Client,
+    config: &Config,
+    progress: &Progress,
+    scope: &Scope,
+) -> Result<(), Error> {
     info!(backend = %config.backend(), "Starting flannel");
     if let Some(path) = config.netns() {
         check_netns(path).map_err(|f| Error::new(Step::OpenNetns, f))?;
     }
     let netconf = {
         let config = config.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| prepare_files(&config)))
+        scope
+            .blocking(move || prepare_files(&config))
             .await
             .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))??
     };
@@ -77,9 +83,13 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
         s.phase = Phase::Programming;
     });
 
-    let netlink = NetlinkHandle::open(config.netns())
+    let (netlink, connection) = NetlinkHandle::open(config.netns())
         .await
         .map_err(|e| Error::new(Step::FindInterface, e))?;
+    scope.spawn("netlink connection", async move {
+        connection.await;
+        warn!("the netlink connection ended: kernel requests fail from now on");
+    });
     let ext = netlink
         .external_interface(config.iface(), netconf.enable_ipv4, netconf.enable_ipv6)
         .await
@@ -185,7 +195,7 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
     if config.set_node_network_unavailable() {
         set_network_available(&nodes, config.node_name()).await;
     }
-    let masq = setup_masq(config, &netconf, &lease).await?;
+    let masq = setup_masq(config, &netconf, &lease, scope).await?;
     if data_path.is_none() {
         warn!(
             "the {} data path is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
@@ -221,25 +231,29 @@ pub(super) async fn run(client: Client, config: &Config, progress: &Progress) ->
     let watch = kube_subnet::watch_peers(client, ctx, publish);
     let drive = async {
         match data_path.as_mut() {
-            Some(path) => drive_data_path(config, path, peers, &subnet_env, progress).await,
+            Some(path) => drive_data_path(config, path, peers, &subnet_env, progress, scope).await,
             None => {
                 follow_peers(peers, progress).await;
                 Ok(())
             }
         }
     };
-    let keep_masq = masq::keep_rules(masq, masq::RESYNC_PERIOD, std::future::pending());
+    scope.spawn_graceful(|stopping| masq::keep_rules(masq, masq::RESYNC_PERIOD, stopping));
     tokio::select! {
         () = watch => Ok(()),
         result = drive => result,
-        () = keep_masq => Ok(()),
     }
 }
 
 /// Masquerade and forward rules for this lease (iptables, or nftables with
 /// `EnableNFTables`), replacing those of a previous lease or Network that
 /// the old subnet.env names. Kept in place every 5 s afterwards.
-async fn setup_masq(config: &Config, netconf: &NetConf, lease: &Lease) -> Result<MasqRules, Error> {
+async fn setup_masq(
+    config: &Config,
+    netconf: &NetConf,
+    lease: &Lease,
+    scope: &Scope,
+) -> Result<MasqRules, Error> {
     let desired = RuleSet::for_lease(
         lease
             .ipv4
@@ -256,13 +270,11 @@ async fn setup_masq(config: &Config, netconf: &NetConf, lease: &Lease) -> Result
     let netns = config.netns().map(Path::to_path_buf);
     // Read before anything rewrites it: it names the previous lease.
     let previous = SubnetEnv::read(config.subnet_file()).ok();
-    let span = tracing::Span::current();
-    let (rules, _) = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| MasqRules::setup(kind, netns.as_deref(), desired, previous.as_ref()))
-    })
-    .await
-    .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
-    .map_err(|e| Error::new(Step::SetupMasq, e))?;
+    let (rules, _) = scope
+        .blocking(move || MasqRules::setup(kind, netns.as_deref(), desired, previous.as_ref()))
+        .await
+        .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
+        .map_err(|e| Error::new(Step::SetupMasq, e))?;
     Ok(rules)
 }
 
@@ -283,10 +295,12 @@ async fn drive_data_path(
     mut peers: watch::Receiver<PeerSnapshot>,
     subnet_env: &SubnetEnv,
     progress: &Progress,
+    scope: &Scope,
 ) -> Result<(), Error> {
-    let mut kernel = netlink::observations(config.netns())
+    let (mut kernel, monitor) = netlink::observations(config.netns())
         .await
         .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
+    scope.spawn("kernel monitor", monitor);
     let mut resync = tokio::time::interval(RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Option<tokio::time::Instant> = None;
@@ -346,7 +360,7 @@ async fn drive_data_path(
                     });
                 });
                 if snapshot.synced && report.failures.is_empty() {
-                    write_subnet_env(config.subnet_file(), subnet_env).await?;
+                    write_subnet_env(config.subnet_file(), subnet_env, scope).await?;
                     if !ready {
                         ready = true;
                         info!(subnet_file = %config.subnet_file().display(), peers = report.peers_programmed, "flannel is ready");
@@ -384,15 +398,14 @@ async fn follow_peers(mut peers: watch::Receiver<PeerSnapshot>, progress: &Progr
 }
 
 /// subnet.env, atomically; unchanged content is not rewritten.
-async fn write_subnet_env(path: &Path, env: &SubnetEnv) -> Result<(), Error> {
+async fn write_subnet_env(path: &Path, env: &SubnetEnv, scope: &Scope) -> Result<(), Error> {
     let path = path.to_path_buf();
     let env = env.clone();
-    let span = tracing::Span::current();
-    let written =
-        tokio::task::spawn_blocking(move || span.in_scope(|| env.write(&path).map(|w| (w, path))))
-            .await
-            .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
-            .map_err(|e| Error::new(Step::WriteSubnetFile, e))?;
+    let written = scope
+        .blocking(move || env.write(&path).map(|w| (w, path)))
+        .await
+        .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
+        .map_err(|e| Error::new(Step::WriteSubnetFile, e))?;
     if let (true, path) = written {
         info!(path = %path.display(), "wrote subnet file");
     }

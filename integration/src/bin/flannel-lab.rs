@@ -61,7 +61,7 @@ enum Cmd {
         /// Pods per node.
         #[arg(long, default_value_t = 1)]
         pods_per_node: usize,
-        /// Lab id, part of every namespace name (fl-<id>-n0, ...).
+        /// Lab id, part of every namespace name (fl-ID-n0, ...).
         #[arg(long, default_value = lab::DEFAULT_ID)]
         id: String,
         /// Seconds to wait for each stage (annotations, subnet.env, peers).
@@ -70,7 +70,7 @@ enum Cmd {
         /// Tear down a lab already set up in --dir first.
         #[arg(long)]
         replace: bool,
-        /// Add an "internet" host (netns fl-<id>-ext, 203.0.113.10 and,
+        /// Add an "internet" host (netns fl-ID-ext, 203.0.113.10 and,
         /// dual-stack, 2001:db8:1::10) behind the underlay gateway: pod
         /// traffic to it leaves masqueraded as the node's uplink address.
         #[arg(long)]
