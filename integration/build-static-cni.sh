@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 target_dir=${1:-target/static}
 triple=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --target "$triple" --target-dir "$target_dir" \
+    cargo build --profile cni-static --locked --target "$triple" --target-dir "$target_dir" \
     -p flannel-embed --no-default-features --features cni-plugin --bin flannel >&2
-binary="$target_dir/$triple/release/flannel"
+binary="$target_dir/$triple/cni-static/flannel"
 if [ -n "$(readelf -lW "$binary" 2>/dev/null | grep -w INTERP || true)" ]; then
     echo "build-static-cni: $binary still has a program interpreter (not static)" >&2
     exit 1

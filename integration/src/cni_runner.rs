@@ -388,15 +388,20 @@ impl NodeSandbox {
         self.var_lib.join("cni/flannel")
     }
 
-    fn command(&self, exe: &Path) -> Command {
+    /// `exe args...` run on the node: inside its network namespace, with
+    /// its private `/var/lib`.
+    pub fn command(&self, exe: &Path, args: &[&str]) -> Command {
         let mut command = Command::new("unshare");
         command.args(["--mount", "--propagation", "private", "--", "sh", "-c"]);
-        command.arg(r#"mount --bind "$1" /var/lib && exec ip netns exec "$2" "$3""#);
+        command.arg(
+            r#"var_lib=$1 netns=$2 && shift 2 && mount --bind "$var_lib" /var/lib && exec ip netns exec "$netns" "$@""#,
+        );
         command
             .arg("sh")
             .arg(&self.var_lib)
             .arg(&self.netns)
-            .arg(exe);
+            .arg(exe)
+            .args(args);
         command
     }
 }
@@ -588,7 +593,7 @@ impl Runner {
     ) -> Result<Invocation, RunnerError> {
         let exe = self.find(plugin_type)?;
         let mut cmd = match &self.sandbox {
-            Some(sandbox) => sandbox.command(&exe),
+            Some(sandbox) => sandbox.command(&exe, &[]),
             None => Command::new(&exe),
         };
         let cni_path = std::env::join_paths(&self.cni_path)

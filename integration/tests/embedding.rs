@@ -229,3 +229,26 @@ fn tokio_features_asked_by(tree: &str, package: &str) -> Vec<String> {
     }
     asked
 }
+
+#[test]
+fn the_readme_shows_the_example_distro_as_it_is() {
+    let repo = integration::builds::repo_dir();
+    let readme = fs::read_to_string(repo.join("README.md")).unwrap();
+    let host = repo.join("integration/embedders/example-distro");
+    let main_rs = fs::read_to_string(host.join("src/main.rs")).unwrap();
+    let shown = readme
+        .split_once("<!-- example-distro main.rs -->\n```rust,ignore\n")
+        .and_then(|(_, rest)| rest.split_once("\n```\n"))
+        .map(|(block, _)| format!("{block}\n"))
+        .expect("the README's example-distro block");
+    assert_eq!(
+        shown, main_rs,
+        "README.md's copy of example-distro/src/main.rs"
+    );
+    let cargo = fs::read_to_string(host.join("Cargo.toml")).unwrap();
+    let deps = &cargo[cargo.find("[dependencies]").unwrap()..];
+    assert!(
+        readme.contains(&format!("```toml\n{deps}```")),
+        "README.md's copy of example-distro's [dependencies]"
+    );
+}

@@ -127,7 +127,9 @@ fn dispatch(
             missing.join(",")
         )));
     }
-    let mut bytes = Vec::new();
+    // A conflist entry is a few hundred bytes: one read, not a doubling
+    // series of small ones.
+    let mut bytes = Vec::with_capacity(4096);
     stdin
         .read_to_end(&mut bytes)
         .map_err(|e| Error::Decode(format!("reading the network config from stdin: {e}")))?;
@@ -249,6 +251,7 @@ fn add(args: &Args, conf: &NetConf, version: CniVersion) -> Result<String, Error
     }
     let bytes = render_delegate(&delegate);
     debug!(delegate = %String::from_utf8_lossy(&bytes), "ADD: delegate config");
+    // In place before the delegate runs: a DEL after a killed ADD finds it.
     let saved = state::save(&conf.data_dir, &args.container_id, &bytes)?;
     let stdout = exec(&exe, &plugin, "ADD", &bytes, &[])?;
     let bad = |problem: String| Error::DelegateOutput {

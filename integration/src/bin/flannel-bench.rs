@@ -58,8 +58,12 @@ enum Scenario {
         #[arg(long, default_value_t = 60)]
         seconds: u32,
     },
-    /// CNI ADD+DEL through `flannel` vs the bare `bridge` delegate (per pod,
-    /// interleaved, which one first alternating; the pods are the samples).
+    /// CNI ADD+DEL through `flannel` (the workspace build and the static
+    /// one, which integration/build-static-cni.sh builds first) vs the
+    /// bare `bridge` delegate, then the same with the cheaper `loopback`
+    /// delegate (twice the pods; less noise). Per pod, interleaved, the
+    /// order rotating; the pods are the samples; 95 % intervals by
+    /// bootstrap.
     Cni {
         #[arg(long, default_value_t = 200)]
         pods: u32,
@@ -88,6 +92,10 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// The `cni` scenario's measured loop, run by the scenario itself inside
+    /// the node (spec as JSON on stdin, samples as JSON on stdout).
+    #[command(hide = true)]
+    CniLoop,
     /// Every scenario with its default sizes (cold sync 1,000 and 5,000
     /// peers 3 runs, 10,000 and 20,000 one run; data plane 3 runs), then
     /// the goal summary and the total wall time. A failing scenario does
@@ -97,6 +105,9 @@ enum Scenario {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Scenario::CniLoop = args.scenario {
+        return cni_loop();
+    }
     let out = args.out.unwrap_or_else(suite::default_out_dir);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -157,11 +168,33 @@ fn main() -> std::process::ExitCode {
                     .is_none()
             }
             Scenario::All => suite::all(&out).await,
+            Scenario::CniLoop => false,
         }
     });
     if ok {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::FAILURE
+    }
+}
+
+/// `flannel-bench cni-loop`: no runtime, no output but the samples.
+fn cni_loop() -> std::process::ExitCode {
+    let spec: plane::CniLoopSpec = match serde_json::from_reader(std::io::stdin().lock()) {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("flannel-bench cni-loop: the spec on stdin: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match plane::cni_loop(&spec) {
+        Ok(json) => {
+            println!("{json}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flannel-bench cni-loop: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
