@@ -607,15 +607,6 @@ impl BenchResult for CniOverhead {
             "    {:<44} {:.3} ms; with file and directory fsync {:.3} ms, which the plugin no longer does",
             "saving the delegate config (write + rename)", parts.plain_write_ms, parts.durable_write_ms
         );
-        if let Some(Some(exec)) = parts.exec_ms.get(judged) {
-            let _ = writeln!(
-                out,
-                "    {:<44} {:.3} ms per ADD+DEL ({} pod overhead - 2 x exec)",
-                "our work and the rest",
-                overhead - 2.0 * exec,
-                self.paths[judged].label.trim_start_matches("flannel, ")
-            );
-        }
         out
     }
 

@@ -119,11 +119,28 @@ pub struct CniScenario {
 
 impl BenchResult for CniScenario {
     fn table(&self) -> String {
-        format!(
+        let mut out = format!(
             "{}\nThe same with the loopback delegate (our plugin's work unchanged, the floor's jitter smaller):\n{}",
             self.bridge.table(),
             self.loopback.table()
-        )
+        );
+        // The precise overhead minus the two processes of ours it holds.
+        let at = self.loopback.judged();
+        let exec = self
+            .bridge
+            .parts
+            .as_ref()
+            .and_then(|p| p.exec_ms.get(at).copied().flatten());
+        if let Some(exec) = exec {
+            out.push_str(&format!(
+                "  our work and the rest, {}: {:.3} ms per ADD+DEL (loopback overhead {:.3} - 2 x exec {:.3}): reading and writing the files, JSON, spawning and waiting for the delegate\n",
+                self.loopback.paths[at].label,
+                self.loopback.overhead_ms(at) - 2.0 * exec,
+                self.loopback.overhead_ms(at),
+                exec
+            ));
+        }
+        out
     }
 
     fn files(&self) -> Vec<(String, String)> {
