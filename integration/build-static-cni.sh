@@ -12,9 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target_dir=${1:-target/static}
-triple=$(rustc -vV | sed -n 's/^host: //p')
+# $CARGO / $RUSTC when a cargo runs this (tests, benchmarks): PATH may not
+# have them (sudo's secure_path).
+cargo=${CARGO:-cargo}
+triple=$("${RUSTC:-rustc}" -vV | sed -n 's/^host: //p')
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --profile cni-static --locked --target "$triple" --target-dir "$target_dir" \
+    "$cargo" build --profile cni-static --locked --target "$triple" --target-dir "$target_dir" \
     -p flannel-embed --no-default-features --features cni-plugin --bin flannel >&2
 binary="$target_dir/$triple/cni-static/flannel"
 if [ -n "$(readelf -lW "$binary" 2>/dev/null | grep -w INTERP || true)" ]; then

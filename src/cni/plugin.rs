@@ -297,6 +297,13 @@ fn del(args: &Args, conf: &NetConf) -> Result<(), Error> {
         debug!(path = %path.display(), "DEL: no saved delegate config, nothing to do");
         return Ok(());
     };
+    // What a power loss right after ADD can leave (the save is not
+    // fsynced): a name without content. Nothing can be torn down with it,
+    // and kept it would only come back in every GC.
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        warn!(path = %path.display(), "DEL: the saved delegate config is empty; removing it");
+        return state::remove(&path);
+    }
     // Like upstream: a config we cannot read cannot be torn down, and DEL
     // must not fail forever because of it.
     let Some((_, plugin)) = parse_saved(&path, &bytes) else {
@@ -640,6 +647,11 @@ mod tests {
         std::fs::write(tmp.path().join("c1"), "{oops").unwrap();
         assert_eq!(run_with(&vars, &stdin), (Value::Null, 0));
         assert!(tmp.path().join("c1").exists());
+        // An empty one (a power loss right after ADD): DEL succeeds and
+        // removes it.
+        std::fs::write(tmp.path().join("c1"), "").unwrap();
+        assert_eq!(run_with(&vars, &stdin), (Value::Null, 0));
+        assert!(!tmp.path().join("c1").exists());
     }
 
     #[test]

@@ -27,7 +27,9 @@ fn state_error(path: &Path, step: &'static str) -> impl FnOnce(io::Error) -> Err
 /// Saves `bytes` as the container's delegate config: directory 0700 (made
 /// if missing), file 0600, written to a temporary file and renamed into
 /// place, so a reader (a DEL after a killed ADD) sees either no file or
-/// the whole of it. Not fsynced, as upstream and the IPAM plugin it sits
+/// the whole of it; after a power loss within the file system's commit
+/// interval it may be missing or empty (DEL handles both). Not fsynced, as
+/// upstream and the IPAM plugin it sits
 /// beside: see vendor-notes/cni.md (an fsync here forces a journal commit
 /// on every pod start, which costs about 1 ms per ADD+DEL and stalls other
 /// writers of the file system, for a durability the IPAM reservation next

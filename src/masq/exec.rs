@@ -8,8 +8,12 @@ use std::ffi::OsString;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use super::MasqError;
+
+/// How long one command may run before it is killed.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// nsenter's (and the shell's) exit status when the program to execute
 /// does not exist.
@@ -19,12 +23,14 @@ const EXIT_NOT_FOUND: i32 = 127;
 #[derive(Debug, Clone)]
 pub(crate) struct Runner {
     netns: Option<PathBuf>,
+    timeout: Duration,
 }
 
 impl Runner {
     pub(crate) fn new(netns: Option<&Path>) -> Runner {
         Runner {
             netns: netns.map(Path::to_path_buf),
+            timeout: COMMAND_TIMEOUT,
         }
     }
 
@@ -95,13 +101,42 @@ impl Runner {
             }
             _ => Ok(()),
         };
-        let output = child
-            .wait_with_output()
+        // Waited for on a thread of its own, so that a command that hangs
+        // (`-w` waits for the xtables lock without end) is killed after
+        // COMMAND_TIMEOUT instead of stalling the rule loop, and shutdown,
+        // which waits for it, for good.
+        let pid = child.id();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("flannel-cmd".into())
+            .spawn(move || {
+                let _ = done_tx.send(child.wait_with_output());
+            })
             .map_err(|source| MasqError::Spawn {
                 command: command_text.clone(),
                 netns: self.label(),
                 source,
             })?;
+        let waited = match done.recv_timeout(self.timeout) {
+            Ok(waited) => waited,
+            Err(_) => {
+                // SAFETY: kill only sends a signal; the child has not been
+                // reaped (its waiter has not returned), so the pid is still
+                // ours.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                let _ = done.recv();
+                return Err(MasqError::TimedOut {
+                    command: command_text,
+                    netns: self.label(),
+                    after: self.timeout,
+                });
+            }
+        };
+        let output = waited.map_err(|source| MasqError::Spawn {
+            command: command_text.clone(),
+            netns: self.label(),
+            source,
+        })?;
         let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
         if output.status.code() == Some(EXIT_NOT_FOUND) {
             return Err(MasqError::Missing {
@@ -129,5 +164,31 @@ impl Runner {
             netns: self.label(),
             problem: "output is not UTF-8".to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_command_that_hangs_is_killed_after_the_timeout() {
+        let runner = Runner {
+            netns: None,
+            timeout: Duration::from_millis(200),
+        };
+        let started = Instant::now();
+        let error = runner.run("sleep", &["30"], None).unwrap_err();
+        assert!(
+            matches!(&error, MasqError::TimedOut { command, .. } if command == "sleep 30"),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "killed, not waited for"
+        );
+        // A quick command is unaffected.
+        assert_eq!(runner.run("echo", &["hi"], None).unwrap(), "hi\n");
     }
 }

@@ -82,6 +82,16 @@ pub enum MasqError {
         /// What it printed on stderr.
         stderr: String,
     },
+    /// The command did not finish in time and was killed.
+    #[error("`{command}` did not finish within {after:?} in {netns} and was killed")]
+    TimedOut {
+        /// The command line.
+        command: String,
+        /// Which network namespace.
+        netns: String,
+        /// How long it was given.
+        after: Duration,
+    },
     /// The command's output could not be understood.
     #[error("cannot read the output of `{command}` in {netns}: {problem}")]
     Parse {

@@ -119,8 +119,9 @@ impl NetlinkHandle {
     /// process's own namespace for `None`). The returned [`Driver`] reads
     /// the kernel's answers for the handle: the caller runs it (spawns it
     /// on its runtime, where it can cancel and await it) for as long as it
-    /// uses the handle. The sockets close when the driver and every clone
-    /// of the handle are dropped.
+    /// uses the handle. The rtnetlink socket closes with the driver, which
+    /// also ends by itself once every clone of the handle is gone; the
+    /// nexthop socket closes with the last clone.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), flannel_embed::netlink::NetlinkError> {

@@ -328,10 +328,10 @@ pub fn spawn(client: Client, config: Config) -> Handle {
     let span = info_span!("flannel", node = %config.node_name());
     let task = tokio::spawn(
         async move {
-            let progress = Progress {
+            let progress = Arc::new(Progress {
                 status: status_tx,
                 readiness: readiness_tx,
-            };
+            });
             let requested_stop = async {
                 // A dropped Handle must not stop the task.
                 if shutdown_rx.wait_for(|stop| *stop).await.is_err() {
@@ -339,18 +339,36 @@ pub fn spawn(client: Client, config: Config) -> Handle {
                 }
             };
             let scope = scope::Scope::new();
-            let outcome = tokio::select! {
-                result = run::run(client, &config, &progress, &scope) => result,
+            // The steps run as a task of their own, so that a panic in them
+            // still lets this one close the scope below.
+            let mut steps = tokio::spawn({
+                let (progress, scope) = (progress.clone(), scope.clone());
+                async move { run::run(client, &config, &progress, &scope).await }.in_current_span()
+            });
+            // (outcome, whether `steps` has ended); no outcome: shut down.
+            let (outcome, steps_ended) = tokio::select! {
+                joined = &mut steps => (Some(joined.unwrap_or_else(|e| {
+                    Err(Error::new(Step::Run, Failure::Panicked(e.to_string())))
+                })), true),
+                message = scope.panicked() => {
+                    (Some(Err(Error::new(Step::Run, Failure::Panicked(message)))), false)
+                }
                 () = requested_stop => {
                     info!("flannel shutting down; leaving interfaces, routes and files in place");
-                    Ok(())
+                    (None, false)
                 }
             };
             // Whatever ended the task, its background work (netlink
             // connection, kernel monitor, rule keeper, blocking jobs) ends
             // before the outcome is reported: once `wait` or `shutdown`
             // returns, nothing of the task runs and its sockets are closed.
+            scope.cancel();
+            if !steps_ended {
+                steps.abort();
+                let _ = steps.await;
+            }
             scope.close().await;
+            let outcome = outcome.unwrap_or(Ok(()));
             progress.finish(&outcome);
             outcome
         }

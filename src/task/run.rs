@@ -86,10 +86,9 @@ pub(super) async fn run(
     let (netlink, connection) = NetlinkHandle::open(config.netns())
         .await
         .map_err(|e| Error::new(Step::FindInterface, e))?;
-    scope.spawn("netlink connection", async move {
-        connection.await;
-        warn!("the netlink connection ended: kernel requests fail from now on");
-    });
+    // It also ends by itself once run() and its handles are gone; a lost
+    // socket shows as failing passes (in Status and the log).
+    scope.spawn("the netlink connection", connection);
     let ext = netlink
         .external_interface(config.iface(), netconf.enable_ipv4, netconf.enable_ipv6)
         .await
@@ -238,7 +237,9 @@ pub(super) async fn run(
             }
         }
     };
-    scope.spawn_graceful(|stopping| masq::keep_rules(masq, masq::RESYNC_PERIOD, stopping));
+    scope.spawn_graceful("the masquerade rule keeper", |stopping| {
+        masq::keep_rules(masq, masq::RESYNC_PERIOD, stopping)
+    });
     tokio::select! {
         () = watch => Ok(()),
         result = drive => result,
@@ -300,7 +301,7 @@ async fn drive_data_path(
     let (mut kernel, monitor) = netlink::observations(config.netns())
         .await
         .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
-    scope.spawn("kernel monitor", monitor);
+    scope.spawn("the kernel monitor", monitor);
     let mut resync = tokio::time::interval(RESYNC);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry: Option<tokio::time::Instant> = None;

@@ -4,22 +4,34 @@
 //! waits until every one has ended, so when `Handle::shutdown` returns
 //! nothing of the task is left: no task, no socket.
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
+use futures_util::FutureExt;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, Instrument};
 
-/// Spawns, cancels and awaits the task's background work.
-#[derive(Debug, Clone, Default)]
+/// Spawns, cancels and awaits the task's background work, and reports the
+/// first panic in it (which ends the task, as a panic in its main loop
+/// does, instead of silently stopping one part).
+#[derive(Debug, Clone)]
 pub(crate) struct Scope {
     tracker: TaskTracker,
     cancel: CancellationToken,
+    panic: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Scope {
     pub(crate) fn new() -> Scope {
-        Scope::default()
+        Scope {
+            tracker: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            panic: Arc::new(watch::channel(None).0),
+        }
     }
 
     /// Runs `work` until it ends or the scope closes (then it is dropped
@@ -30,12 +42,16 @@ impl Scope {
         work: impl Future<Output = ()> + Send + 'static,
     ) {
         let cancel = self.cancel.clone();
+        let panic = self.panic.clone();
         self.tracker.spawn(
             async move {
                 tokio::select! {
                     biased;
                     () = cancel.cancelled() => {}
-                    () = work => debug!("{what} ended"),
+                    ended = AssertUnwindSafe(work).catch_unwind() => match ended {
+                        Ok(()) => debug!("{what} ended"),
+                        Err(payload) => report_panic(&panic, what, payload.as_ref()),
+                    },
                 }
             }
             .in_current_span(),
@@ -45,13 +61,42 @@ impl Scope {
     /// Runs `work`, which stops by itself once `stopping` (handed to it)
     /// completes: for loops that must not be cut in the middle of a step
     /// (a rule check running iptables). The scope still waits for it.
-    pub(crate) fn spawn_graceful<F, Fut>(&self, work: F)
+    pub(crate) fn spawn_graceful<F, Fut>(&self, what: &'static str, work: F)
     where
         F: FnOnce(tokio_util::sync::WaitForCancellationFutureOwned) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let stopping = self.cancel.clone().cancelled_owned();
-        self.tracker.spawn(work(stopping).in_current_span());
+        let panic = self.panic.clone();
+        let work = work(stopping);
+        self.tracker.spawn(
+            async move {
+                if let Err(payload) = AssertUnwindSafe(work).catch_unwind().await {
+                    report_panic(&panic, what, payload.as_ref());
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Resolves with the first panic in the scope's work: what panicked
+    /// and the message.
+    pub(crate) async fn panicked(&self) -> String {
+        let mut panics = self.panic.subscribe();
+        let first = panics
+            .wait_for(Option::is_some)
+            .await
+            .map(|message| message.clone().unwrap_or_default());
+        match first {
+            Ok(message) => message,
+            // The sender lives as long as `self`.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Tells everything to stop, without waiting.
+    pub(crate) fn cancel(&self) {
+        self.cancel.cancel();
     }
 
     /// Runs blocking `job` on tokio's blocking pool, in the caller's span.
@@ -74,6 +119,23 @@ impl Scope {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+fn report_panic(panic: &watch::Sender<Option<String>>, what: &str, payload: &(dyn Any + Send)) {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|m| m.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    // The first panic is the one reported.
+    panic.send_if_modified(|first| {
+        if first.is_none() {
+            *first = Some(format!("{what} panicked: {message}"));
+            true
+        } else {
+            false
+        }
+    });
 }
 
 #[cfg(test)]
@@ -102,7 +164,7 @@ mod tests {
         });
         let graceful_done = Arc::new(AtomicBool::new(false));
         let done = graceful_done.clone();
-        scope.spawn_graceful(|stopping| async move {
+        scope.spawn_graceful("graceful", |stopping| async move {
             stopping.await;
             // A last step after the stop request still runs.
             tokio::task::yield_now().await;
@@ -137,5 +199,21 @@ mod tests {
             "blocking job finished"
         );
         assert!(scope.tracker.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_background_work_is_reported_once() {
+        let scope = Scope::new();
+        scope.spawn("the rule keeper", async { panic!("boom") });
+        scope.spawn_graceful("second", |_| async { panic!("later") });
+        let message = tokio::time::timeout(Duration::from_secs(5), scope.panicked())
+            .await
+            .expect("reported");
+        assert!(
+            message == "the rule keeper panicked: boom" || message == "second panicked: later",
+            "{message}"
+        );
+        scope.close().await;
+        assert_eq!(scope.panicked().await, message, "the first one stays");
     }
 }

@@ -1,9 +1,10 @@
 //! Two benchmark scenarios about what the pod network costs pods:
 //!
 //! - [`cni_overhead`]: CNI ADD+DEL latency per pod through the workspace's
-//!   `flannel` plugin (k3s's conflist's flannel entry alone) against the
-//!   `bridge` plugin called directly with the delegate config our plugin
-//!   saves (the floor), sequential, interleaved, on one node namespace.
+//!   `flannel` plugin and the static one (k3s's conflist's flannel entry
+//!   alone) against the delegate (`bridge`, or `loopback` for less noise)
+//!   called directly with the config our plugin saves (the floor),
+//!   sequential, interleaved, in one loop inside a node namespace.
 //! - [`data_plane`]: a 2-node vxlan lab; pod-to-pod iperf3 TCP over the
 //!   overlay against node-to-node over the underlay, ping RTTs of both and
 //!   the overlay's path MTU (`ping -M do -s 1422` crosses, 1423 does not),
@@ -99,14 +100,14 @@ pub fn cni_paths(delegate: &'static str, static_plugin: Option<&Path>) -> Vec<Cn
 
 /// CNI ADD+DEL latency per pod, `pods` pods sequentially, through each of
 /// `paths` (see [`cni_paths`]; the first is the floor): our `flannel`
-/// plugin with k3s's conflist entry, and `bridge` called directly with the
-/// delegate config our plugin saved. For every pod all paths run back to
-/// back, the order rotating from pod to pod, each call wrapped the same
-/// way (inside the node's network namespace with a private `/var/lib`, as
-/// `crate::cni_runner` does), so the per-pod difference is what our plugin
-/// adds: one more exec, reading subnet.env, building and durably saving
-/// the delegate config, converting the result. Then the parts are
-/// measured apart ([`CniParts`]).
+/// plugin with k3s's conflist entry, and the delegate called directly with
+/// the config our plugin saved. For every pod all paths run back to back,
+/// the order rotating from pod to pod, in one loop inside the node's
+/// network namespace with a private `/var/lib` ([`cni_loop`]), each plugin
+/// executed directly, so the per-pod difference is what our plugin adds:
+/// one more process, reading subnet.env, building and saving the delegate
+/// config, spawning the delegate, converting the result. Then the parts
+/// are measured apart ([`CniParts`]).
 ///
 /// With `loopback` as the delegate the work of our plugin is the same
 /// (loopback ignores the IPAM part of the config) and the floor's own
@@ -260,9 +261,11 @@ fn run_cni_loop(sandbox: &NodeSandbox, spec: &CniLoopSpec) -> Result<Vec<CniPod>
     let input = serde_json::to_vec(spec).map_err(|e| e.to_string())?;
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write as _;
-        stdin
-            .write_all(&input)
-            .map_err(|e| format!("handing the loop its spec: {e}"))?;
+        if let Err(e) = stdin.write_all(&input) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("handing the loop its spec: {e}"));
+        }
     }
     let output = child
         .wait_with_output()
@@ -324,9 +327,11 @@ fn direct_call(path: &LoopPath, command: &str, id: &str, netns: &Path) -> Result
         .spawn()
         .map_err(|e| format!("{}: {e}", path.exe.display()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(path.conf.as_bytes())
-            .map_err(|e| format!("{} {command}: stdin: {e}", path.exe.display()))?;
+        if let Err(e) = stdin.write_all(path.conf.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{} {command}: stdin: {e}", path.exe.display()));
+        }
     }
     let output = child
         .wait_with_output()
@@ -480,10 +485,10 @@ impl CniOverhead {
 
     /// What path `at` adds over the floor: the median over pods of (its
     /// ADD+DEL - the floor's ADD+DEL) for the same pod slot, ms. The paths
-    /// of a pod run back to back, so this cancels most of the per-call
-    /// noise (a few ms of process start-up in the wrappers), which the
-    /// difference of the medians does not: that one moved between +1.9
-    /// and +5.0 ms in two runs where this one stayed at 4.5.
+    /// of a pod run back to back, so this cancels the drift of the machine
+    /// over the run, which the difference of the medians does not (that
+    /// one moved between +1.9 and +5.0 ms in two runs where this one
+    /// stayed at 4.5).
     pub fn overhead_ms(&self, at: usize) -> f64 {
         let mut differences: Vec<f64> = self
             .samples
