@@ -35,14 +35,21 @@ pub fn embedders_target_dir() -> PathBuf {
     target_dir().join("embedders")
 }
 
-/// A cargo command for the embedders' workspace, clean of what the outer
-/// cargo gave this process (its jobserver and target directory).
-fn cargo(args: &[&str]) -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    command.args(args).current_dir(repo_dir());
+/// Drops what the outer cargo gave this process (its jobserver and
+/// target directory), which an inner cargo must not inherit.
+fn without_outer_cargo(command: &mut Command) -> &mut Command {
     for key in ["CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS", "CARGO_TARGET_DIR"] {
         command.env_remove(key);
     }
+    command
+}
+
+/// A cargo command for the embedders' workspace.
+fn cargo(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_outer_cargo(&mut command)
+        .args(args)
+        .current_dir(repo_dir());
     command
 }
 
@@ -101,13 +108,10 @@ pub fn embedder_tree(package: &str, args: &[&str]) -> Result<String, String> {
 /// returns the static `flannel` plugin it built.
 pub fn static_cni_plugin() -> Result<PathBuf, String> {
     let mut command = Command::new("bash");
-    command
+    without_outer_cargo(&mut command)
         .arg(repo_dir().join("integration/build-static-cni.sh"))
         .arg(target_dir().join("static"))
         .current_dir(repo_dir());
-    for key in ["CARGO_MAKEFLAGS", "MAKEFLAGS", "MFLAGS", "CARGO_TARGET_DIR"] {
-        command.env_remove(key);
-    }
     let output = run(command, "integration/build-static-cni.sh")?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let path = stdout.lines().last().unwrap_or_default().trim();
