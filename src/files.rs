@@ -137,7 +137,15 @@ pub(crate) fn write_atomic_with(
         .create_new(true)
         .mode(FILE_MODE)
         .open(&temp)
-        .map_err(|e| io_error(path, format!("create temporary file {}", temp.display()), e))?;
+        // The temporary file's name changes with every attempt; the step
+        // does not, so a lasting failure reads the same each time.
+        .map_err(|e| {
+            io_error(
+                path,
+                format!("create a temporary file in {}", dir.display()),
+                e,
+            )
+        })?;
 
     let written = (|| {
         // The umask may have narrowed the mode given to open().
@@ -147,7 +155,7 @@ pub(crate) fn write_atomic_with(
         file.sync_all()
             .map_err(|e| io_error(path, "fsync the temporary file", e))?;
         fs::rename(&temp, path)
-            .map_err(|e| io_error(path, format!("rename {} into place", temp.display()), e))
+            .map_err(|e| io_error(path, "rename the temporary file into place", e))
     })();
     if written.is_err() {
         // Best effort: the error that matters is the one above.
@@ -612,7 +620,7 @@ mod tests {
         let err = result.unwrap_err();
         assert!(
             err.contains("subnet.env")
-                && err.contains("create temporary file")
+                && err.contains("create a temporary file")
                 && err.contains("Permission denied"),
             "{err}"
         );

@@ -40,6 +40,8 @@
 
 #[cfg(feature = "network")]
 pub mod backend;
+#[cfg(feature = "network")]
+mod backoff;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod cni;
@@ -60,7 +62,10 @@ pub use config::{Backend, Config, ConfigBuilder};
 pub use kube_subnet::Lease;
 pub use mac::{MacAddr, MacParseError};
 #[cfg(feature = "network")]
-pub use task::{spawn, Error, Failure, Handle, Phase, Status, Step};
+#[doc(hidden)]
+pub use task::Fault;
+#[cfg(feature = "network")]
+pub use task::{spawn, Error, Failure, Handle, Health, Part, Phase, Problem, Status, Step};
 
 // The README's embedding example is compiled as a doc test.
 #[cfg(all(doctest, feature = "network"))]

@@ -181,11 +181,23 @@ fn the_five_second_loop_restores_a_deleted_rule_within_six_seconds() {
             .expect("runtime");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let keeper = rules.clone();
-        let task = runtime.spawn(keep_rules(keeper, RESYNC_PERIOD, async move {
-            let _ = stopped.await;
-        }));
+        let (checked_tx, checked) = std::sync::mpsc::channel::<Result<bool, String>>();
+        let task = runtime.spawn(keep_rules(
+            keeper,
+            RESYNC_PERIOD,
+            async move {
+                let _ = stopped.await;
+            },
+            move |result| {
+                let _ = checked_tx.send(result.map(|o| o.written).map_err(|e| e.to_string()));
+            },
+        ));
         // The loop's first, immediate check finds the rules intact.
-        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            checked.recv_timeout(Duration::from_secs(10)),
+            Ok(Ok(false)),
+            "the first check writes nothing"
+        );
         let writes = rules.writes();
 
         let (present, delete): (Box<dyn Fn() -> bool>, Vec<String>) = match kind {

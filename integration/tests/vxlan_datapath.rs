@@ -27,15 +27,17 @@ fn fdb_show(ns: &TestNetns) -> String {
     .into_owned()
 }
 
-/// Gives node-1 a new public IP and waits until node-0's FDB entry for
-/// `mac1` points there (and no longer at 192.168.1.13).
+/// Gives node-1 a new public IP (with `public-ip-overwrite`, as a person or
+/// k3s does; node-1's task then publishes it as `public-ip`) and waits
+/// until node-0's FDB entry for `mac1` points there (and no longer at
+/// 192.168.1.13).
 async fn move_public_ip(lab: &NodePair, mac1: &str, ip: &str, deadline: Duration) {
     lab.server
         .update_node("node-1", |n| {
             n.metadata
                 .annotations
                 .get_or_insert_with(Default::default)
-                .insert(format!("{PREFIX}public-ip"), ip.into());
+                .insert(format!("{PREFIX}public-ip-overwrite"), ip.into());
         })
         .unwrap();
     let n0 = &lab.nodes[0];

@@ -207,6 +207,92 @@ impl fmt::Display for Op {
     }
 }
 
+/// An operation the kernel refused, with its errno when the kernel gave
+/// one (none: the request never got an answer), so the retry policy can
+/// tell a wrong model from a refusal that will last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpFailure {
+    /// The operation.
+    pub op: Op,
+    /// The kernel's errno (positive), if it answered.
+    pub errno: Option<i32>,
+    /// Not sent: it depends on this operation, which failed.
+    pub held_back_by: Option<Op>,
+    /// What went wrong, as text.
+    pub message: String,
+}
+
+impl OpFailure {
+    /// Whether the failure says the model of the kernel is wrong (an entry
+    /// that was not there, or was where we thought it was not, a vanished
+    /// device, no answer at all): then the next pass dumps. Any other
+    /// refusal (EPERM, EINVAL, EOPNOTSUPP...) left the kernel as it was, so
+    /// the model stays and only the failed operation is retried.
+    pub fn model_is_stale(&self) -> bool {
+        if self.held_back_by.is_some() {
+            return false;
+        }
+        match self.errno {
+            Some(errno) => [
+                libc::EEXIST,
+                libc::ENOENT,
+                libc::ESRCH,
+                libc::ENODEV,
+                libc::ENXIO,
+            ]
+            .contains(&errno),
+            None => true,
+        }
+    }
+}
+
+impl fmt::Display for OpFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.op, self.message)
+    }
+}
+
+/// How many peers a pass's failures leave without their entries: peers,
+/// not operations, counted by the next hop that stands for the peer (the
+/// gateway of its route, neighbour and nexthop object; an FDB entry is
+/// traced to the neighbour with its MAC, in this pass or in `actual`).
+/// Deletions do not count: they are not for wanted peers.
+pub fn peers_failing(
+    failures: &[OpFailure],
+    phases: &[Vec<Op>; PHASES],
+    actual: &KernelEntries,
+) -> usize {
+    let neighbour_of = |mac: MacAddr| {
+        phases
+            .iter()
+            .flatten()
+            .find_map(|op| match op {
+                Op::SetNeighbour(n) if n.mac == mac => Some(n.ip),
+                _ => None,
+            })
+            .or_else(|| {
+                actual
+                    .neighbours
+                    .iter()
+                    .find_map(|(ip, m)| (*m == mac).then_some(*ip))
+            })
+    };
+    let mut peers: BTreeSet<String> = BTreeSet::new();
+    for failure in failures {
+        let peer = match failure.op {
+            Op::SetRoute(r) => Some(r.gateway.to_string()),
+            Op::SetNeighbour(n) => Some(n.ip.to_string()),
+            Op::AddNexthop(n) | Op::ReplaceNexthop(n) => Some(n.gateway.to_string()),
+            Op::SetFdb(e) => {
+                Some(neighbour_of(e.mac).map_or_else(|| e.mac.to_string(), |ip| ip.to_string()))
+            }
+            Op::DelNeighbour(_) | Op::DelFdb(_) | Op::DelRoute(_) | Op::DelNexthop(_) => None,
+        };
+        peers.extend(peer);
+    }
+    peers.len()
+}
+
 /// A kernel notification reduced to the model's terms (see
 /// [`KernelEntries::observe`]); `netlink` makes these from raw messages.
 #[derive(Debug, Clone, PartialEq, Eq)]

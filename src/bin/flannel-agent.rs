@@ -1,14 +1,24 @@
 //! A small host that embeds the flannel network task, with k3s-style flags:
 //! what a distribution binary does, minus everything else it runs.
 
+use std::convert::Infallible;
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use flannel_embed::cli::FlannelFlags;
+use flannel_embed::Status;
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{debug, error, info, warn};
 
 /// Run flannel's pod network for one node, as k3s's embedded flannel does.
 #[derive(Debug, Parser)]
@@ -20,10 +30,28 @@ struct AgentArgs {
     /// ~/.kube/config, then in-cluster service account).
     #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Serve `GET /healthz` (200 while the network task runs) and
+    /// `GET /readyz` (200 once ready and nothing is failing), else 503,
+    /// over HTTP on this address (flanneld's --healthz-ip and
+    /// --healthz-port in one). Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    healthz_bind: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
-    let args = AgentArgs::parse();
+    let args = match AgentArgs::try_parse() {
+        Ok(args) => args,
+        // --help and --version print to stdout and succeed; a bad flag or
+        // value exits 1 like every other start-up error (and k3s).
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -61,10 +89,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config, args.kubeconfig))
+    runtime.block_on(run(config, args.kubeconfig, args.healthz_bind))
 }
 
-async fn run(config: flannel_embed::Config, kubeconfig: Option<PathBuf>) -> ExitCode {
+async fn run(
+    config: flannel_embed::Config,
+    kubeconfig: Option<PathBuf>,
+    healthz_bind: Option<SocketAddr>,
+) -> ExitCode {
     let client = match kube_client(kubeconfig).await {
         Ok(client) => client,
         Err(e) => {
@@ -83,8 +115,25 @@ async fn run(config: flannel_embed::Config, kubeconfig: Option<PathBuf>) -> Exit
         }
     };
 
+    // Bound before the task starts: a port in use stops start-up before
+    // anything is written.
+    let listener = match healthz_bind {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some((addr, listener)),
+            Err(e) => {
+                error!("--healthz-bind {addr}: cannot listen: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+
     let mut handle = flannel_embed::spawn(client, config);
-    tokio::select! {
+    let health = listener.map(|(addr, listener)| {
+        info!("serving /healthz and /readyz on http://{addr}");
+        HealthServer::start(listener, handle.watch_status())
+    });
+    let code = tokio::select! {
         outcome = handle.wait() => match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -94,7 +143,122 @@ async fn run(config: flannel_embed::Config, kubeconfig: Option<PathBuf>) -> Exit
         },
         _ = sigterm.recv() => shutdown(handle, "SIGTERM").await,
         _ = sigint.recv() => shutdown(handle, "SIGINT").await,
+    };
+    // Up to here the probes saw the task stop (503); now nothing of ours
+    // runs any more when main returns.
+    if let Some(health) = health {
+        health.stop().await;
     }
+    code
+}
+
+/// The `--healthz-bind` server: an accept loop and its connections, all
+/// owned here and ended by [`HealthServer::stop`].
+struct HealthServer {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// A client gets this long to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl HealthServer {
+    fn start(listener: TcpListener, status: watch::Receiver<Status>) -> HealthServer {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve_health(listener, status, stopped));
+        HealthServer { stop, task }
+    }
+
+    /// Stops accepting, aborts open connections and waits for all of it.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            error!("the --healthz-bind server ended abnormally: {e}");
+        }
+    }
+}
+
+async fn serve_health(
+    listener: TcpListener,
+    status: watch::Receiver<Status>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // A value or a dropped sender: either way, stop.
+            _ = stopped.changed() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let status = status.clone();
+                    connections.spawn(async move {
+                        let service = hyper::service::service_fn(move |request| {
+                            let response = respond(&request, &status.borrow());
+                            async move { Ok::<_, Infallible>(response) }
+                        });
+                        if let Err(e) = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_READ_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                        {
+                            debug!(%peer, "health probe connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors and the like: pass, then retry.
+                    warn!("--healthz-bind: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+        }
+    }
+    connections.shutdown().await;
+}
+
+/// `GET /healthz`: 200 while the task is live; `GET /readyz`: 200 when
+/// ready and nothing fails; else 503 with the verdict and the problems,
+/// one per line. Other paths 404, other methods 405.
+fn respond(request: &Request<Incoming>, status: &Status) -> Response<String> {
+    let check: fn(&Status) -> bool = match request.uri().path() {
+        "/healthz" => Status::is_live,
+        "/readyz" => Status::is_ready,
+        _ => return text(StatusCode::NOT_FOUND, "not found\n".into()),
+    };
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    if check(status) {
+        return text(StatusCode::OK, "ok\n".into());
+    }
+    let mut body = format!("{}\n", status.health);
+    for problem in &status.problems {
+        body.push_str(&format!("{problem}\n"));
+    }
+    if let Some(error) = &status.last_error {
+        body.push_str(&format!("error: {error}\n"));
+    }
+    text(StatusCode::SERVICE_UNAVAILABLE, body)
+}
+
+fn text(code: StatusCode, body: String) -> Response<String> {
+    let mut response = Response::new(body);
+    *response.status_mut() = code;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 async fn shutdown(handle: flannel_embed::Handle, signal: &str) -> ExitCode {

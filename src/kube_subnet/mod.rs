@@ -49,10 +49,13 @@ pub enum KubeError {
 /// starting flannel: no crash loop and no polling. API errors are retried
 /// with kube-runtime's default backoff and logged; only an unusable Pod CIDR
 /// ends the wait with an error. Returns the lease and the Node as seen then.
+/// `report` sees every reason worth a warning (a failing watch, a missing
+/// family) while the wait goes on, for a status.
 pub async fn wait_for_lease(
     client: Client,
     node_name: &str,
     netconf: &NetConf,
+    mut report: impl FnMut(&str),
 ) -> Result<(Lease, Node), KubeError> {
     let api: Api<Node> = Api::all(client);
     let selector = format!("metadata.name={node_name}");
@@ -61,6 +64,9 @@ pub async fn wait_for_lease(
     // Log each distinct waiting reason once, not on every event.
     let mut last_reason = String::new();
     let mut note = |reason: String, as_warning: bool| {
+        if as_warning {
+            report(&reason);
+        }
         if reason != last_reason {
             if as_warning {
                 warn!("{reason}");

@@ -22,6 +22,12 @@ use super::exec::Runner;
 use super::rules::{Chain, Family, Rule, RuleSet};
 use super::{lock, DriverKind, MasqError, Outcome, RuleDriver};
 
+/// How long `iptables-restore` waits for the xtables lock (`-w 5`) before
+/// it gives up with exit status 4: a lock held by another program is then
+/// a failed check the keeper reports and retries, not a command that hangs
+/// until it is killed. (iptables-nft takes no lock and ignores it.)
+const XTABLES_WAIT_SECONDS: &str = "5";
+
 /// One table of `iptables-save` output.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct SavedTable {
@@ -241,8 +247,11 @@ impl Iptables {
             return Ok(());
         }
         let restore = format!("{}-restore", family.iptables());
-        self.runner
-            .run(&restore, &["--noflush", "-w"], Some(&restore_input(&plans)))?;
+        self.runner.run(
+            &restore,
+            &["--noflush", "-w", XTABLES_WAIT_SECONDS],
+            Some(&restore_input(&plans)),
+        )?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         outcome.written = true;
         for (chain, lines, why) in &plans {

@@ -275,23 +275,35 @@ impl MasqRules {
 }
 
 /// Runs [`MasqRules::check_and_restore`] now and then every `every`
-/// (upstream: [`RESYNC_PERIOD`]) until `stop` completes. Errors are logged
-/// with the command and its stderr (once while they repeat), and the loop
-/// goes on. Needs a tokio runtime with the time driver.
-pub async fn keep_rules(rules: MasqRules, every: Duration, stop: impl Future<Output = ()>) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// (upstream: [`RESYNC_PERIOD`]) until `stop` completes. A failure is
+/// retried sooner, with backoff (1 s, 2 s, 4 s, then `every`), so rules
+/// converge within seconds of the cause going away (a released xtables
+/// lock). `report` sees the result of every check (to put it in a status);
+/// errors are also logged with the command and its stderr, once while
+/// they repeat, and the loop goes on. Needs a tokio runtime with the time
+/// driver.
+pub async fn keep_rules(
+    rules: MasqRules,
+    every: Duration,
+    stop: impl Future<Output = ()>,
+    mut report: impl FnMut(Result<&Outcome, &MasqError>) + Send,
+) {
     tokio::pin!(stop);
+    let mut backoff = crate::backoff::Backoff::new(Duration::from_secs(1), every);
     let mut last_error: Option<String> = None;
+    let mut next = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut stop => return,
-            _ = ticks.tick() => {}
+            () = tokio::time::sleep_until(next) => {}
         }
         let keeper = rules.clone();
         let result = tokio::task::spawn_blocking(move || keeper.check_and_restore()).await;
+        next = tokio::time::Instant::now() + every;
         match result {
-            Ok(Ok(_)) => {
+            Ok(Ok(outcome)) => {
+                backoff.succeeded();
+                report(Ok(&outcome));
                 if last_error.take().is_some() {
                     info!(
                         "flannel's {} rules can be checked again",
@@ -300,6 +312,8 @@ pub async fn keep_rules(rules: MasqRules, every: Duration, stop: impl Future<Out
                 }
             }
             Ok(Err(e)) => {
+                next = tokio::time::Instant::now() + backoff.failed();
+                report(Err(&e));
                 let text = e.to_string();
                 if last_error.as_deref() != Some(text.as_str()) {
                     error!(
@@ -311,5 +325,80 @@ pub async fn keep_rules(rules: MasqRules, every: Duration, stop: impl Future<Out
             }
             Err(e) => error!("the rule check did not finish: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A driver that fails its first `failing` checks (a held lock), then
+    /// works; it records when each check ran on the (paused) clock.
+    #[derive(Debug)]
+    struct FlakyDriver {
+        failing: u64,
+        checks: AtomicU64,
+        at: Mutex<Vec<Duration>>,
+        start: tokio::time::Instant,
+    }
+
+    impl RuleDriver for FlakyDriver {
+        fn kind(&self) -> DriverKind {
+            DriverKind::Iptables
+        }
+        fn ensure(&self, _: &RuleSet) -> Result<Outcome, MasqError> {
+            lock(&self.at).push(self.start.elapsed());
+            if self.checks.fetch_add(1, Ordering::SeqCst) < self.failing {
+                return Err(MasqError::Failed {
+                    command: "iptables-restore --noflush -w 5".into(),
+                    netns: "test".into(),
+                    status: "exit status: 4".into(),
+                    stderr: "Another app is currently holding the xtables lock".into(),
+                });
+            }
+            Ok(Outcome::default())
+        }
+        fn remove_all(&self) -> Result<Outcome, MasqError> {
+            Ok(Outcome::default())
+        }
+        fn writes(&self) -> u64 {
+            0
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_check_is_retried_with_backoff_then_every_period() {
+        let driver = Arc::new(FlakyDriver {
+            failing: 4,
+            checks: AtomicU64::new(0),
+            at: Mutex::new(Vec::new()),
+            start: tokio::time::Instant::now(),
+        });
+        let rules = MasqRules::new(driver.clone(), RuleSet::for_lease(None, None, true, true));
+        let (results_tx, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let (stop_tx, stop) = tokio::sync::oneshot::channel::<()>();
+        let keeper = tokio::spawn(keep_rules(
+            rules,
+            RESYNC_PERIOD,
+            async move {
+                let _ = stop.await;
+            },
+            move |result| {
+                let _ = results_tx.send(result.is_ok());
+            },
+        ));
+        let mut seen = Vec::new();
+        while seen.len() < 6 {
+            seen.push(results.recv().await.unwrap());
+        }
+        let _ = stop_tx.send(());
+        keeper.await.unwrap();
+        assert_eq!(seen, [false, false, false, false, true, true]);
+        // Blocking checks take a little real time; the paused clock moves
+        // only by the waits, so compare whole seconds.
+        let at: Vec<u64> = lock(&driver.at).iter().map(|d| d.as_secs()).collect();
+        // 0, +1, +2, +4, +5 (the cap: the period), then every period.
+        assert_eq!(at, [0, 1, 3, 7, 12, 17]);
     }
 }

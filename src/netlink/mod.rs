@@ -102,6 +102,18 @@ pub enum NetlinkError {
     NoInterface(String),
 }
 
+/// What [`NetlinkHandle::disable_accept_ra`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcceptRa {
+    /// Already 0, or no IPv6 in this kernel.
+    Unchanged,
+    /// Set to 0 now.
+    Disabled,
+    /// `/proc/sys` refused the write (read-only or not permitted); what
+    /// the kernel said.
+    NotWritable(String),
+}
+
 /// An rtnetlink handle whose sockets live in one network namespace: the
 /// rtnetlink connection, and a raw socket for nexthop objects.
 #[derive(Debug, Clone)]
@@ -151,9 +163,11 @@ impl NetlinkHandle {
     /// (flanneld does the same: router advertisements arriving over the
     /// overlay must not configure it), on a thread that entered the
     /// namespace, since /proc/sys/net belongs to the reader's namespace.
-    /// Returns whether it had to change; a kernel without IPv6 has nothing
-    /// to change.
-    pub async fn disable_accept_ra(&self, device: &str) -> Result<bool, NetlinkError> {
+    /// A kernel without IPv6 has nothing to change. A `/proc/sys` that
+    /// refuses the write (read-only, as a container runtime mounts it in a
+    /// non-privileged pod) is [`AcceptRa::NotWritable`], not an error, as
+    /// upstream ignores it too: the overlay works without it.
+    pub async fn disable_accept_ra(&self, device: &str) -> Result<AcceptRa, NetlinkError> {
         if device.is_empty() || device.contains('/') || device.starts_with('.') {
             return Err(NetlinkError::NoInterface(format!(
                 "'{device}' is not a device name"
@@ -164,15 +178,31 @@ impl NetlinkHandle {
             Ok((|| {
                 let current = match std::fs::read_to_string(&path) {
                     Ok(current) => current,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Ok(AcceptRa::Unchanged)
+                    }
                     Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
                 };
                 if current.trim() == "0" {
-                    return Ok(false);
+                    return Ok(AcceptRa::Unchanged);
                 }
-                std::fs::write(&path, "0")
-                    .map(|()| true)
-                    .map_err(|e| format!("cannot write 0 to {}: {e}", path.display()))
+                match std::fs::write(&path, "0") {
+                    Ok(()) => Ok(AcceptRa::Disabled),
+                    // EROFS: a read-only /proc/sys; EACCES/EPERM: no right
+                    // to it. Nothing a retry could change.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EROFS | libc::EACCES | libc::EPERM)
+                        ) =>
+                    {
+                        Ok(AcceptRa::NotWritable(format!(
+                            "cannot write 0 to {}: {e}",
+                            path.display()
+                        )))
+                    }
+                    Err(e) => Err(format!("cannot write 0 to {}: {e}", path.display())),
+                }
             })())
         })
         .await?;
@@ -492,6 +522,17 @@ pub struct Observations {
 }
 
 impl Observations {
+    /// Observations fed from a channel instead of the kernel (a test's
+    /// stand-in for a monitor): closing the sender ends them.
+    #[doc(hidden)]
+    pub fn from_channel(queue: tokio::sync::mpsc::Receiver<Observation>) -> Observations {
+        Observations {
+            queue,
+            lost: Arc::new(AtomicBool::new(false)),
+            ended_reported: false,
+        }
+    }
+
     /// The next observation. A dropped one is reported first as
     /// [`Observation::Overrun`]; the end of the kernel monitor (either half)
     /// once as [`Observation::MonitorEnded`], then `None`.

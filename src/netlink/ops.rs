@@ -27,7 +27,9 @@ use rtnetlink::{LinkUnspec, LinkVxlan, RouteMessageBuilder};
 use super::nexthop::{del_nexthop_request, new_nexthop_request, NexthopDump};
 use super::{KernelEvent, NetlinkError, NetlinkHandle, NexthopSupport};
 use crate::backend::vxlan::{FoundVxlan, VxlanDeviceSpec};
-use crate::backend::{FdbEntry, KernelEntries, Observation, Op, RouteEntry, ROUTE_PROTOCOL};
+use crate::backend::{
+    FdbEntry, KernelEntries, Observation, Op, OpFailure, RouteEntry, ROUTE_PROTOCOL,
+};
 use crate::mac::MacAddr;
 
 /// How many requests may be in flight on one socket at once.
@@ -331,7 +333,7 @@ impl NetlinkHandle {
     /// Applies one phase of operations on `device_index`, up to
     /// [`MAX_IN_FLIGHT`] at a time. Returns the operations that failed, with
     /// the error (EEXIST on an add and ENOENT on a delete count as done).
-    pub async fn apply(&self, device_index: u32, ops: &[Op]) -> Vec<(Op, String)> {
+    pub async fn apply(&self, device_index: u32, ops: &[Op]) -> Vec<OpFailure> {
         let (nexthop_ops, rtnl_ops): (Vec<Op>, Vec<Op>) =
             ops.iter().partition(|op| op.is_nexthop());
         let (mut failures, rtnl_failures) = tokio::join!(
@@ -343,7 +345,7 @@ impl NetlinkHandle {
     }
 
     /// Nexthop operations, batched on the raw socket.
-    async fn apply_nexthops(&self, ops: &[Op]) -> Vec<(Op, String)> {
+    async fn apply_nexthops(&self, ops: &[Op]) -> Vec<OpFailure> {
         if ops.is_empty() {
             return Vec::new();
         }
@@ -365,16 +367,19 @@ impl NetlinkHandle {
             .zip(results)
             .filter_map(|(op, result)| {
                 let error = result.err()?;
+                let failure = |message: String| OpFailure {
+                    op: *op,
+                    errno: (error.errno != 0).then_some(error.errno),
+                    held_back_by: None,
+                    message,
+                };
                 match op {
                     Op::DelNexthop(_) if [ENOENT, ESRCH].contains(&error.errno) => None,
-                    Op::AddNexthop(n) if error.errno == EEXIST => Some((
-                        *op,
-                        format!(
-                            "nexthop id {} was taken meanwhile ({error}); the next pass picks another id",
-                            n.id
-                        ),
-                    )),
-                    _ => Some((*op, error.to_string())),
+                    Op::AddNexthop(n) if error.errno == EEXIST => Some(failure(format!(
+                        "nexthop id {} was taken meanwhile ({error}); the next pass picks another id",
+                        n.id
+                    ))),
+                    _ => Some(failure(error.to_string())),
                 }
             })
             .collect()
@@ -382,7 +387,7 @@ impl NetlinkHandle {
 
     /// Neighbour, FDB and route operations, pipelined on the rtnetlink
     /// connection.
-    async fn apply_rtnl(&self, device_index: u32, ops: &[Op]) -> Vec<(Op, String)> {
+    async fn apply_rtnl(&self, device_index: u32, ops: &[Op]) -> Vec<OpFailure> {
         stream::iter(ops.iter().copied())
             .map(|op| async move {
                 let result = self.apply_one(device_index, op).await;
@@ -396,7 +401,12 @@ impl NetlinkHandle {
                             Op::DelNeighbour(_) | Op::DelFdb(_) | Op::DelRoute(_),
                             Some(ENOENT | ESRCH),
                         ) => None,
-                        _ => Some((op, e.to_string())),
+                        (_, errno) => Some(OpFailure {
+                            op,
+                            errno,
+                            held_back_by: None,
+                            message: e.to_string(),
+                        }),
                     },
                 }
             })

@@ -18,18 +18,21 @@ use std::time::Instant;
 
 use std::collections::BTreeMap;
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
 use tracing::{debug, info, warn};
 
 use crate::backend::incremental::{EntryTarget, LastPass};
 use crate::backend::nexthop::use_nexthops;
 use crate::backend::vxlan::{desired_entries, incompatibility, DirectRouting, VxlanDeviceSpec};
+use crate::backend::OpFailure;
 use crate::backend::{
-    diff, host_gw, split_dependents, KernelEntries, Observation, Op, Scope, PHASES,
+    diff, host_gw, peers_failing, split_dependents, KernelEntries, Observation, Op, Scope, PHASES,
 };
 use crate::kube_subnet::PeerSnapshot;
 use crate::mac::MacAddr;
-use crate::netlink::{NetlinkError, NetlinkHandle, NexthopSupport};
+use crate::netlink::{AcceptRa, NetlinkError, NetlinkHandle, NexthopSupport};
 
 /// The device as it is now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +42,53 @@ pub(crate) struct Device {
 }
 
 /// What one reconcile did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Report {
     /// Peers whose entries are all in place.
     pub peers_programmed: usize,
     /// Operations applied.
     pub applied: usize,
-    /// Operations that failed (object and error).
-    pub failures: Vec<(Op, String)>,
+    /// Operations that failed (the rest of the pass was still applied).
+    pub failures: Vec<OpFailure>,
+    /// Families (devices) whose pass could not run at all, with why; the
+    /// other family's pass still ran.
+    pub errors: Vec<(String, NetlinkError)>,
+    /// Full dumps of the kernel this pass needed (the model was not
+    /// trusted).
+    pub dumps: u64,
+}
+
+impl Report {
+    /// Whether everything wanted is in place.
+    pub fn complete(&self) -> bool {
+        self.failures.is_empty() && self.errors.is_empty()
+    }
+
+    /// One line for the status and the log: stable while the same things
+    /// fail, so a lasting failure is warned about once.
+    pub fn summary(&self) -> Option<String> {
+        if self.complete() {
+            return None;
+        }
+        let mut parts: Vec<String> = self
+            .errors
+            .iter()
+            .map(|(device, error)| format!("{device}: {error}"))
+            .collect();
+        parts.extend(self.failures.iter().take(3).map(ToString::to_string));
+        if self.failures.len() > 3 {
+            parts.push(format!("and {} more", self.failures.len() - 3));
+        }
+        let mut line = parts.join("; ");
+        if !self.failures.is_empty() {
+            line.push_str(&format!(
+                " ({} operation{} failed)",
+                self.failures.len(),
+                if self.failures.len() == 1 { "" } else { "s" }
+            ));
+        }
+        Some(line)
+    }
 }
 
 /// The vxlan data path for one address family.
@@ -64,6 +106,8 @@ pub(crate) struct VxlanDataPath {
     /// What the previous pass wanted, while the model is trusted: small
     /// peer changes are then applied without a full pass.
     pub last: Option<LastPass>,
+    /// Whether a read-only /proc/sys was warned about (once).
+    pub accept_ra_warned: bool,
 }
 
 impl VxlanDataPath {
@@ -115,8 +159,19 @@ impl VxlanDataPath {
                 info!(device = %self.spec.name, mtu = self.spec.mtu, "set the vxlan device's MTU and brought it up");
             }
         }
-        if self.netlink.disable_accept_ra(&self.spec.name).await? && !created {
-            info!(device = %self.spec.name, "set accept_ra back to 0 on the vxlan device");
+        match self.netlink.disable_accept_ra(&self.spec.name).await? {
+            AcceptRa::Disabled if !created => {
+                info!(device = %self.spec.name, "set accept_ra back to 0 on the vxlan device")
+            }
+            AcceptRa::NotWritable(problem) if !self.accept_ra_warned => {
+                self.accept_ra_warned = true;
+                warn!(
+                    device = %self.spec.name,
+                    "{problem} in {}: /proc/sys is read-only here, so router advertisements over the overlay are not ignored; going on without it, as upstream does",
+                    self.netlink.netns()
+                );
+            }
+            _ => {}
         }
         let host_prefix = if self.lease.is_ipv6() { 128 } else { 32 };
         let address = IpNetwork::new(self.lease.network(), host_prefix)
@@ -145,6 +200,7 @@ impl VxlanDataPath {
     /// once the peer list is complete.
     pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
         let started = Instant::now();
+        let mut dumps = 0;
         let ipv6 = self.lease.is_ipv6();
         let nexthops = self.netlink.nexthop_support().await? == &NexthopSupport::Used;
         // A few peers changed and the model is trusted: touch only theirs.
@@ -165,7 +221,9 @@ impl VxlanDataPath {
                     started,
                 )
                 .await;
-                if model.is_none() {
+                // A refused operation is retried by a full pass (against
+                // the model, without a dump).
+                if model.is_none() || !report.failures.is_empty() {
                     self.last = None;
                 }
                 self.model = model;
@@ -176,6 +234,7 @@ impl VxlanDataPath {
             (Some(device), Some(model)) => (device, model),
             _ => {
                 let (device, _) = self.ensure_device().await?;
+                dumps += 1;
                 (device, self.netlink.dump_entries(device.index, ipv6).await?)
             }
         };
@@ -184,7 +243,7 @@ impl VxlanDataPath {
             use_nexthops(&mut desired, &actual);
         }
         let phases = diff(&desired, &actual, peers.synced);
-        let (report, model) = apply_difference(
+        let (mut report, model) = apply_difference(
             &self.netlink,
             device.index,
             &self.spec.name,
@@ -194,7 +253,8 @@ impl VxlanDataPath {
             started,
         )
         .await;
-        self.last = model.is_some().then(|| {
+        report.dumps = dumps;
+        self.last = (model.is_some() && report.failures.is_empty()).then(|| {
             let target = entry_target(device.index, self.direct.as_ref(), ipv6, nexthops);
             LastPass::new(peers.peers.clone(), peers.synced, desired, &target)
         });
@@ -295,19 +355,20 @@ impl HostGwDataPath {
         }
         self.warned
             .retain(|peer, _| unreachable.iter().any(|(p, _)| p == peer));
-        let actual = match self.model.take() {
-            Some(model) => model,
-            None => {
+        let (actual, dumps) = match self.model.take() {
+            Some(model) => (model, 0),
+            None => (
                 self.netlink
                     .dump_routes_and_nexthops(self.ipv4, self.ipv6)
-                    .await?
-            }
+                    .await?,
+                1,
+            ),
         };
         if self.netlink.nexthop_support().await? == &NexthopSupport::Used {
             use_nexthops(&mut desired, &actual);
         }
         let phases = diff(&desired, &actual, peers.synced);
-        let (report, model) = apply_difference(
+        let (mut report, model) = apply_difference(
             &self.netlink,
             self.uplink_index,
             &self.uplink_name,
@@ -317,6 +378,7 @@ impl HostGwDataPath {
             started,
         )
         .await;
+        report.dumps = dumps;
         self.model = model;
         Ok(report)
     }
@@ -357,21 +419,80 @@ pub(crate) enum DataPath {
 }
 
 impl DataPath {
-    pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Result<Report, NetlinkError> {
+    /// One pass over every family: a family that fails does not keep the
+    /// other from converging.
+    pub async fn reconcile(&mut self, peers: &PeerSnapshot) -> Report {
         match self {
             DataPath::Vxlan(paths) => {
                 let mut total = Report::default();
+                let mut programmed = Vec::new();
                 for path in paths.iter_mut() {
-                    let report = path.reconcile(peers).await?;
-                    // A peer counts once even when it has both families.
-                    total.peers_programmed = total.peers_programmed.max(report.peers_programmed);
-                    total.applied += report.applied;
-                    total.failures.extend(report.failures);
+                    match path.reconcile(peers).await {
+                        Ok(report) => {
+                            programmed.push(report.peers_programmed);
+                            total.dumps += report.dumps;
+                            total.applied += report.applied;
+                            total.failures.extend(report.failures);
+                        }
+                        Err(error) => {
+                            programmed.push(0);
+                            total.errors.push((path.spec.name.clone(), error));
+                        }
+                    }
                 }
-                Ok(total)
+                // A peer counts once when it has both families, and only
+                // when both are programmed.
+                total.peers_programmed = programmed.into_iter().min().unwrap_or(0);
+                total
             }
-            DataPath::HostGw(path) => path.reconcile(peers).await,
+            DataPath::HostGw(path) => match path.reconcile(peers).await {
+                Ok(report) => report,
+                Err(error) => Report {
+                    errors: vec![(path.uplink_name.clone(), error)],
+                    ..Report::default()
+                },
+            },
         }
+    }
+
+    /// The netlink handle the paths program through (none: no family).
+    pub fn netlink(&self) -> Option<&NetlinkHandle> {
+        match self {
+            DataPath::Vxlan(paths) => paths.first().map(|path| &path.netlink),
+            DataPath::HostGw(path) => Some(&path.netlink),
+        }
+    }
+
+    /// The uplink's address of a family changed: every vxlan device of
+    /// that family moves its local address there (the device is recreated
+    /// on the next pass, with the same MAC, so peers' neighbour entries
+    /// stay right). Returns the devices that move.
+    pub fn move_local(&mut self, ipv4: Option<IpAddr>, ipv6: Option<IpAddr>) -> Vec<String> {
+        let DataPath::Vxlan(paths) = self else {
+            return Vec::new();
+        };
+        let mut moved = Vec::new();
+        for path in paths.iter_mut() {
+            let new = if path.lease.is_ipv6() { ipv6 } else { ipv4 };
+            if let Some(new) = new.filter(|new| *new != path.spec.local) {
+                path.spec.local = new;
+                path.device = None;
+                path.model = None;
+                path.last = None;
+                moved.push(path.spec.name.clone());
+            }
+        }
+        moved
+    }
+
+    /// Points every path at a reopened netlink connection. Nothing the
+    /// old one said can be trusted: every model is forgotten.
+    pub fn use_netlink(&mut self, netlink: &NetlinkHandle) {
+        match self {
+            DataPath::Vxlan(paths) => paths.iter_mut().for_each(|p| p.netlink = netlink.clone()),
+            DataPath::HostGw(path) => path.netlink = netlink.clone(),
+        }
+        self.forget_models();
     }
 
     /// Folds a kernel notification into every path's model; returns
@@ -405,8 +526,11 @@ impl DataPath {
 }
 
 /// Applies the phases in order, logs every change once; returns the report
-/// and the model after the changes (`None` if an operation failed: the
-/// next pass dumps). `routes_wanted`: one per programmable peer.
+/// and the model after the changes: what the kernel accepted is recorded,
+/// what it refused is not (a refused operation changes nothing), and a
+/// failure that says the model itself is wrong (an entry missing or
+/// already there, no answer) gives `None`: the next pass dumps.
+/// `routes_wanted`: one per programmable peer.
 async fn apply_difference(
     netlink: &NetlinkHandle,
     device_index: u32,
@@ -419,12 +543,15 @@ async fn apply_difference(
     let total: usize = phases.iter().map(Vec::len).sum();
     let mut report = Report::default();
     for phase in &phases {
-        let (go, held) = split_dependents(phase, &failed_ops(&report));
+        let failed: Vec<Op> = report.failures.iter().map(|f| f.op).collect();
+        let (go, held) = split_dependents(phase, &failed);
         for (op, blocker) in held {
-            report.failures.push((
+            report.failures.push(OpFailure {
                 op,
-                format!("held back: it depends on `{blocker}`, which failed"),
-            ));
+                errno: None,
+                held_back_by: Some(blocker),
+                message: format!("held back: it depends on `{blocker}`, which failed"),
+            });
         }
         if go.is_empty() {
             continue;
@@ -434,11 +561,10 @@ async fn apply_difference(
             .extend(netlink.apply(device_index, &go).await);
         report.applied += go.len();
     }
-    for (op, error) in &report.failures {
-        warn!(
-            "{op} on {device_name} in {} failed: {error}",
-            netlink.netns()
-        );
+    // The loop reports failures (once while they last); the details of
+    // every one are for debugging.
+    for failure in &report.failures {
+        debug!("{failure} on {device_name} in {}", netlink.netns());
     }
     if total > 0 {
         log_ops(&phases, device_name);
@@ -450,16 +576,21 @@ async fn apply_difference(
             "reconciled"
         );
     }
-    report.peers_programmed = routes_wanted.saturating_sub(report.failures.len());
-    let model = report.failures.is_empty().then(|| {
-        phases.iter().flatten().for_each(|op| actual.record(op));
+    report.peers_programmed =
+        routes_wanted.saturating_sub(peers_failing(&report.failures, &phases, &actual));
+    // Held-back operations were never sent: they say nothing about the
+    // model.
+    let stale = report.failures.iter().any(OpFailure::model_is_stale);
+    let model = (!stale).then(|| {
+        let refused: Vec<Op> = report.failures.iter().map(|f| f.op).collect();
+        phases
+            .iter()
+            .flatten()
+            .filter(|op| !refused.contains(op))
+            .for_each(|op| actual.record(op));
         actual
     });
     (report, model)
-}
-
-fn failed_ops(report: &Report) -> Vec<Op> {
-    report.failures.iter().map(|(op, _)| *op).collect()
 }
 
 /// Every kernel change is logged once: one line per operation when there

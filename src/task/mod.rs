@@ -3,8 +3,14 @@
 //! The steps themselves are in `run.rs`.
 
 mod dataplane;
+mod drive;
+mod health;
+mod keep_files;
+mod own_node;
 mod run;
 mod scope;
+
+pub use health::{Health, Part, Problem};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -12,7 +18,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use kube::Client;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -199,6 +205,32 @@ pub struct Status {
     pub last_reconcile: Option<SystemTime>,
     /// The error the task ended with, as text.
     pub last_error: Option<String>,
+    /// Full dumps of the kernel's entries so far: one at start, one per
+    /// resync (30 s), and one after anything the model cannot account for
+    /// (a change behind our back, lost notifications); a lasting refusal of
+    /// one entry costs none.
+    pub kernel_dumps: u64,
+    /// How often a lost netlink connection or kernel monitor was reopened.
+    pub sockets_reopened: u64,
+    /// The verdict: starting, healthy, degraded, failed or stopped.
+    pub health: Health,
+    /// What is failing right now, by part, with the latest error and since
+    /// when: while starting, what start-up is retrying; once ready, what
+    /// makes the task degraded.
+    pub problems: Vec<Problem>,
+}
+
+/// A fault a test injects into a running task through
+/// [`Handle::inject_fault`]: what a lost socket does, without a way to
+/// make the kernel drop one. Not part of the stable API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The netlink command connection ends (its reader stops).
+    CutNetlink,
+    /// The kernel monitor ends.
+    CutKernelMonitor,
 }
 
 #[derive(Debug, Clone)]
@@ -215,6 +247,7 @@ pub struct Handle {
     status: watch::Receiver<Status>,
     readiness: watch::Receiver<Readiness>,
     shutdown: watch::Sender<bool>,
+    faults: mpsc::UnboundedSender<Fault>,
     task: Option<JoinHandle<Result<(), Error>>>,
     outcome: Option<Result<(), Error>>,
 }
@@ -239,6 +272,13 @@ impl Handle {
                 Err(Error::new(Step::Start, Failure::Stopped))
             }
         }
+    }
+
+    /// Test hook: injects `fault` into the running task's data path loop;
+    /// returns whether the task took it (it runs and has a data path).
+    #[doc(hidden)]
+    pub fn inject_fault(&self, fault: Fault) -> bool {
+        self.faults.send(fault).is_ok()
     }
 
     /// The current status.
@@ -307,6 +347,7 @@ pub fn spawn(client: Client, config: Config) -> Handle {
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (readiness_tx, readiness_rx) = watch::channel(Readiness::Pending);
     let (shutdown_tx, mut shutdown_rx) = watch::channel(false);
+    let (faults_tx, faults_rx) = mpsc::unbounded_channel();
 
     if !config.backend().starts_network() {
         info!(
@@ -320,6 +361,7 @@ pub fn spawn(client: Client, config: Config) -> Handle {
             status: status_rx,
             readiness: readiness_rx,
             shutdown: shutdown_tx,
+            faults: faults_tx,
             task: None,
             outcome: Some(outcome),
         };
@@ -343,7 +385,8 @@ pub fn spawn(client: Client, config: Config) -> Handle {
             // still lets this one close the scope below.
             let mut steps = tokio::spawn({
                 let (progress, scope) = (progress.clone(), scope.clone());
-                async move { run::run(client, &config, &progress, &scope).await }.in_current_span()
+                async move { run::run(client, &config, &progress, &scope, faults_rx).await }
+                    .in_current_span()
             });
             // (outcome, whether `steps` has ended); no outcome: shut down.
             let (outcome, steps_ended) = tokio::select! {
@@ -378,6 +421,7 @@ pub fn spawn(client: Client, config: Config) -> Handle {
         status: status_rx,
         readiness: readiness_rx,
         shutdown: shutdown_tx,
+        faults: faults_tx,
         task: Some(task),
         outcome: None,
     }
@@ -391,7 +435,36 @@ struct Progress {
 
 impl Progress {
     fn update(&self, change: impl FnOnce(&mut Status)) {
-        self.status.send_modify(change);
+        self.status.send_modify(|status| {
+            change(status);
+            status.refresh_health();
+        });
+    }
+
+    /// `part` fails with `message`: in the status at once, in the log when
+    /// it is news (a new problem, or a different message).
+    fn problem(&self, part: Part, message: impl fmt::Display) {
+        let message = message.to_string();
+        let mut news = false;
+        self.status.send_if_modified(|status| {
+            news = status.record_problem(part, message.clone(), SystemTime::now());
+            news
+        });
+        if news {
+            health::log_problem(part, &message);
+        }
+    }
+
+    /// `part` works (again): one info line if it had a problem.
+    fn resolved(&self, part: Part) {
+        let mut cleared = None;
+        self.status.send_if_modified(|status| {
+            cleared = status.clear_problem(part);
+            cleared.is_some()
+        });
+        if let Some(problem) = cleared {
+            health::log_recovery(&problem);
+        }
     }
 
     /// Files written and data path programmed: `ready()` resolves.

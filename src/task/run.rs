@@ -7,30 +7,31 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::{Error, Failure, Phase, Progress, Step};
+use super::drive::{
+    drive_data_path, follow_peers, DriveContext, NetlinkConnection, NetlinkPlane, Uplink,
+};
+use super::keep_files::keep_files;
+use super::own_node::{external_addresses, keep_own_node, OwnNodeSpec};
+use super::{Error, Failure, Fault, Part, Phase, Progress, Step};
 use crate::backend::vxlan::{device_spec, DirectRouting};
-use crate::backend::Observation;
 use crate::config::{BackendConf, Config, NetConf};
 use crate::files;
 use crate::files::SubnetEnv;
 use crate::kube_subnet::Lease;
 use crate::kube_subnet::{
-    self, annotation_patch, desired_annotations, network_unavailable_patch, node_public_ip,
-    stored_vtep_mac, vxlan_backend_data, AnnotationKeys, OwnAttrs, PeerContext, PeerSnapshot,
-    HOST_GW_BACKEND_DATA,
+    self, node_public_ip, stored_vtep_mac, vxlan_backend_data, AnnotationKeys, OwnAttrs,
+    PeerContext, PeerSnapshot, HOST_GW_BACKEND_DATA,
 };
 use crate::mac::MacAddr;
 use crate::masq::{self, DriverKind, MasqRules, RuleSet};
-use crate::netlink::{self, ExternalInterface, NetlinkHandle};
+use crate::netlink::{ExternalInterface, NetlinkHandle};
 use ipnetwork::IpNetwork;
 
 use super::dataplane::{DataPath, HostGwDataPath, VxlanDataPath};
@@ -48,8 +49,9 @@ pub(crate) struct BackendAttrs {
 pub(super) async fn run(
     client: Client,
     config: &Config,
-    progress: &Progress,
+    progress: &Arc<Progress>,
     scope: &Scope,
+    faults: mpsc::UnboundedReceiver<Fault>,
 ) -> Result<(), Error> {
     info!(backend = %config.backend(), "Starting flannel");
     if let Some(path) = config.netns() {
@@ -75,20 +77,22 @@ pub(super) async fn run(
     });
 
     let (lease, own_node) =
-        kube_subnet::wait_for_lease(client.clone(), config.node_name(), &netconf)
-            .await
-            .map_err(|e| Error::new(Step::WaitForPodCidr, e))?;
+        kube_subnet::wait_for_lease(client.clone(), config.node_name(), &netconf, |reason| {
+            progress.problem(Part::Node, reason)
+        })
+        .await
+        .map_err(|e| Error::new(Step::WaitForPodCidr, e))?;
+    progress.resolved(Part::Node);
     progress.update(|s| {
         s.lease = Some(lease);
         s.phase = Phase::Programming;
     });
 
-    let (netlink, connection) = NetlinkHandle::open(config.netns())
+    // Watched by the reconcile loop, which reopens it if it ends.
+    let connection = NetlinkConnection::open(config.netns(), scope)
         .await
         .map_err(|e| Error::new(Step::FindInterface, e))?;
-    // It also ends by itself once run() and its handles are gone; a lost
-    // socket shows as failing passes (in Status and the log).
-    scope.spawn("the netlink connection", connection);
+    let netlink = connection.handle.clone();
     let ext = netlink
         .external_interface(config.iface(), netconf.enable_ipv4, netconf.enable_ipv6)
         .await
@@ -150,6 +154,7 @@ pub(super) async fn run(
                     device: None,
                     model: None,
                     last: None,
+                    accept_ra_warned: false,
                 };
                 let (device, _) = path
                     .ensure_device()
@@ -189,12 +194,27 @@ pub(super) async fn run(
     };
     progress.update(|s| s.public_ip = attrs.own.ipv4.as_ref().map(|(_, ip)| IpAddr::V4(*ip)));
 
+    // Our Node's annotations and condition, kept from now on; peers need
+    // the annotations before we are of any use, so start-up waits for the
+    // first time they are in place (retrying, with the error in Status).
+    let (published_tx, mut published) = watch::channel(false);
+    let (attrs_tx, attrs_rx) = watch::channel(attrs.own.clone());
+    let own = OwnNodeSpec {
+        name: config.node_name().to_string(),
+        keys: keys.clone(),
+        attrs: attrs.own.clone(),
+        external_ip: config.external_ip(),
+        set_condition: config.set_node_network_unavailable(),
+        lease,
+        netconf: netconf.clone(),
+    };
     let nodes: Api<Node> = Api::all(client.clone());
-    publish_annotations(&nodes, config, &keys, &attrs.own).await;
-    if config.set_node_network_unavailable() {
-        set_network_available(&nodes, config.node_name()).await;
-    }
-    let masq = setup_masq(config, &netconf, &lease, scope).await?;
+    scope.spawn_graceful("the own-node keeper", {
+        let progress = progress.clone();
+        move |stopping| keep_own_node(nodes, own, attrs_rx, progress, published_tx, stopping)
+    });
+    let _ = published.wait_for(|done| *done).await;
+    let masq = setup_masq(config, &netconf, &lease, scope, progress).await?;
     if data_path.is_none() {
         warn!(
             "the {} data path is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
@@ -221,6 +241,7 @@ pub(super) async fn run(
         mtu,
         config.ip_masq(),
     );
+    let (netconf_v4, netconf_v6) = (netconf.enable_ipv4, netconf.enable_ipv6);
     let ctx = PeerContext {
         own_name: config.node_name().to_string(),
         own_lease: lease,
@@ -228,33 +249,84 @@ pub(super) async fn run(
         netconf,
     };
     let watch = kube_subnet::watch_peers(client, ctx, publish);
+    let (keep_subnet_env, subnet_env_kept) = watch::channel(None);
+    scope.spawn_graceful("the file keeper", {
+        let (config, progress, scope) = (config.clone(), progress.clone(), scope.clone());
+        move |stopping| keep_files(config, subnet_env_kept, progress, scope, stopping)
+    });
     let drive = async {
         match data_path.as_mut() {
-            Some(path) => drive_data_path(config, path, peers, &subnet_env, progress, scope).await,
-            None => {
-                follow_peers(peers, progress).await;
-                Ok(())
+            Some(path) => {
+                let ctx = DriveContext {
+                    subnet_file: config.subnet_file(),
+                    progress,
+                    scope,
+                    faults,
+                    keep_subnet_env: &keep_subnet_env,
+                };
+                // A published address that is the interface's follows it;
+                // one pinned with `node-public-ip` stays.
+                let follow = (
+                    attrs.own.ipv4.as_ref().map(|(_, ip)| *ip) == ext.ipv4,
+                    attrs.own.ipv6.as_ref().map(|(_, ip)| *ip) == ext.ipv6,
+                );
+                let mut plane = NetlinkPlane {
+                    path,
+                    netns: config.netns().map(Path::to_path_buf),
+                    label: netlink.netns().to_string(),
+                    uplink: Uplink {
+                        selector: config.iface().cloned(),
+                        ipv4: netconf_v4,
+                        ipv6: netconf_v6,
+                        current: ext.clone(),
+                        attrs: attrs_tx,
+                        follow,
+                        dirty: false,
+                    },
+                    progress,
+                };
+                drive_data_path(ctx, &mut plane, connection.reader, peers, &subnet_env).await
             }
+            None => follow_peers(peers, progress).await,
         }
     };
-    scope.spawn_graceful("the masquerade rule keeper", |stopping| {
-        masq::keep_rules(masq, masq::RESYNC_PERIOD, stopping)
-    });
+    if let Some(masq) = masq {
+        scope.spawn_graceful("the masquerade rule keeper", {
+            let progress = progress.clone();
+            move |stopping| {
+                masq::keep_rules(
+                    masq,
+                    masq::RESYNC_PERIOD,
+                    stopping,
+                    move |result| match result {
+                        Ok(_) => progress.resolved(Part::Masquerade),
+                        Err(error) => progress.problem(
+                            Part::Masquerade,
+                            format!("failed to ensure masq rules: {error}"),
+                        ),
+                    },
+                )
+            }
+        });
+    }
     tokio::select! {
         () = watch => Ok(()),
-        result = drive => result,
+        () = drive => Ok(()),
     }
 }
 
 /// Masquerade and forward rules for this lease (iptables, or nftables with
 /// `EnableNFTables`), replacing those of a previous lease or Network that
-/// the old subnet.env names. Kept in place every 5 s afterwards.
+/// the old subnet.env names. Kept in place every 5 s afterwards. A missing
+/// program is a configuration error and ends the task; any other failure
+/// (a held xtables lock, a timeout) is a problem the rule keeper retries.
 async fn setup_masq(
     config: &Config,
     netconf: &NetConf,
     lease: &Lease,
     scope: &Scope,
-) -> Result<MasqRules, Error> {
+    progress: &Progress,
+) -> Result<Option<MasqRules>, Error> {
     let desired = RuleSet::for_lease(
         lease
             .ipv4
@@ -271,146 +343,22 @@ async fn setup_masq(
     let netns = config.netns().map(Path::to_path_buf);
     // Read before anything rewrites it: it names the previous lease.
     let previous = SubnetEnv::read(config.subnet_file()).ok();
-    let (rules, _) = scope
+    let keeper = MasqRules::new(kind.driver(netns.as_deref()), desired);
+    let setup = scope
         .blocking(move || MasqRules::setup(kind, netns.as_deref(), desired, previous.as_ref()))
         .await
-        .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
-        .map_err(|e| Error::new(Step::SetupMasq, e))?;
-    Ok(rules)
-}
-
-/// How often the data path is reconciled even without any trigger.
-const RESYNC: Duration = Duration::from_secs(30);
-/// How long to gather further triggers before a reconcile: a burst of
-/// kernel notifications (a device deleted with thousands of entries) is
-/// folded into one pass, at little cost to a single change's latency.
-const COALESCE: Duration = Duration::from_millis(5);
-
-/// The reconcile loop: on every peer-set change, on kernel notifications
-/// about what we own (a deleted device, route, neighbour or FDB entry), on a
-/// slow timer, and after a failed pass. subnet.env is written and `ready()`
-/// resolves after the first complete pass with the full peer list.
-async fn drive_data_path(
-    config: &Config,
-    path: &mut DataPath,
-    mut peers: watch::Receiver<PeerSnapshot>,
-    subnet_env: &SubnetEnv,
-    progress: &Progress,
-    scope: &Scope,
-) -> Result<(), Error> {
-    let (mut kernel, monitor) = netlink::observations(config.netns())
-        .await
-        .map_err(|e| Error::new(Step::RegisterNetwork, e))?;
-    scope.spawn("the kernel monitor", monitor);
-    let mut resync = tokio::time::interval(RESYNC);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retry: Option<tokio::time::Instant> = None;
-    let mut ready = false;
-    let mut monitor_ended = false;
-    loop {
-        tokio::select! {
-            changed = peers.changed() => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-            }
-            Some(observation) = kernel.recv() => {
-                if observation == Observation::MonitorEnded {
-                    warn!("the kernel monitor stopped: every pass dumps the kernel from now on");
-                    monitor_ended = true;
-                } else if !path.observe(&observation) {
-                    continue;
-                }
-            }
-            _ = resync.tick() => path.forget_models(),
-            () = sleep_until_or_never(retry) => {}
-        }
-        tokio::time::sleep(COALESCE).await;
-        while let Some(observation) = kernel.try_recv() {
-            if observation == Observation::MonitorEnded {
-                warn!("the kernel monitor stopped: every pass dumps the kernel from now on");
-                monitor_ended = true;
-            } else {
-                path.observe(&observation);
-            }
-        }
-        if monitor_ended {
-            // Without notifications nothing can vouch for the models.
-            path.forget_models();
-        }
-        let snapshot = peers.borrow_and_update().clone();
-        progress.update(|s| {
-            s.peers_known = snapshot.peers.len();
-            s.peers_skipped = snapshot.skipped;
-            s.peers_synced = snapshot.synced;
-        });
-        retry = None;
-        match path.reconcile(&snapshot).await {
-            Ok(report) => {
-                if !report.failures.is_empty() {
-                    retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-                }
-                progress.update(|s| {
-                    s.peers_programmed = report.peers_programmed;
-                    s.last_reconcile = Some(SystemTime::now());
-                    s.last_error = report.failures.first().map(|(op, error)| {
-                        format!(
-                            "{op}: {error} ({} operations failed)",
-                            report.failures.len()
-                        )
-                    });
-                });
-                if snapshot.synced && report.failures.is_empty() {
-                    write_subnet_env(config.subnet_file(), subnet_env, scope).await?;
-                    if !ready {
-                        ready = true;
-                        info!(subnet_file = %config.subnet_file().display(), peers = report.peers_programmed, "flannel is ready");
-                        progress.mark_ready();
-                    }
-                }
-            }
-            Err(error) => {
-                warn!("reconciling the data path failed, retrying in 1 s: {error}");
-                progress.update(|s| s.last_error = Some(error.to_string()));
-                retry = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-            }
+        .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?;
+    match setup {
+        Ok((rules, _)) => Ok(Some(rules)),
+        Err(error @ masq::MasqError::Missing { .. }) => Err(Error::new(Step::SetupMasq, error)),
+        Err(error) => {
+            progress.problem(
+                Part::Masquerade,
+                format!("{}: {error}; retrying", Step::SetupMasq),
+            );
+            Ok(Some(keeper))
         }
     }
-}
-
-async fn sleep_until_or_never(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Without a data path: keep the status current with the peer set.
-async fn follow_peers(mut peers: watch::Receiver<PeerSnapshot>, progress: &Progress) {
-    while peers.changed().await.is_ok() {
-        let snapshot = peers.borrow_and_update().clone();
-        progress.update(|s| {
-            s.peers_known = snapshot.peers.len();
-            s.peers_skipped = snapshot.skipped;
-            s.peers_synced = snapshot.synced;
-            s.last_peer_update = Some(SystemTime::now());
-        });
-    }
-}
-
-/// subnet.env, atomically; unchanged content is not rewritten.
-async fn write_subnet_env(path: &Path, env: &SubnetEnv, scope: &Scope) -> Result<(), Error> {
-    let path = path.to_path_buf();
-    let env = env.clone();
-    let written = scope
-        .blocking(move || env.write(&path).map(|w| (w, path)))
-        .await
-        .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
-        .map_err(|e| Error::new(Step::WriteSubnetFile, e))?;
-    if let (true, path) = written {
-        info!(path = %path.display(), "wrote subnet file");
-    }
-    Ok(())
 }
 
 /// host-gw routes to the peers' public IPs directly, so a public IP that is
@@ -529,101 +477,6 @@ fn pinned<T: std::str::FromStr>(annotations: &BTreeMap<String, String>, key: &st
             None
         }
     }
-}
-
-/// Retries an API write until it succeeds: a transient API error must not
-/// end the task (upstream crash-loops here). Each distinct error is logged
-/// once.
-async fn retry<F, Fut>(what: &str, mut attempt: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), kube::Error>>,
-{
-    let mut delay = Duration::from_millis(200);
-    let mut last = String::new();
-    loop {
-        match attempt().await {
-            Ok(()) => return,
-            Err(error) => {
-                let text = error.to_string();
-                if text != last {
-                    warn!("{what} failed, retrying: {text}");
-                    last = text;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// Publishes this node's annotations with a strategic merge patch on
-/// `nodes/status`, only the ones that differ, and only when any differ.
-async fn publish_annotations(
-    nodes: &Api<Node>,
-    config: &Config,
-    keys: &AnnotationKeys,
-    attrs: &OwnAttrs,
-) {
-    let name = config.node_name();
-    retry("publishing the flannel annotations", || async {
-        let node = nodes.get(name).await?;
-        let current = node.metadata.annotations.clone().unwrap_or_default();
-        let external_ips = if config.external_ip() {
-            external_addresses(&node)
-        } else {
-            Vec::new()
-        };
-        let (desired, warnings) = desired_annotations(keys, &current, attrs, &external_ips);
-        for warning in warnings {
-            warn!("{warning}");
-        }
-        if let Some(patch) = annotation_patch(&current, &desired) {
-            let changed: Vec<String> = patch["metadata"]["annotations"]
-                .as_object()
-                .map(|m| m.keys().cloned().collect())
-                .unwrap_or_default();
-            patch_status(nodes, name, patch).await?;
-            info!(annotations = ?changed, "published flannel annotations on node {name}");
-        }
-        Ok(())
-    })
-    .await;
-}
-
-/// NetworkUnavailable=False, reason FlannelIsUp, merged by condition type so
-/// kubelet's conditions stay.
-async fn set_network_available(nodes: &Api<Node>, name: &str) {
-    retry("setting the NetworkUnavailable condition", || async {
-        let node = nodes.get(name).await?;
-        let now = k8s_openapi::jiff::Timestamp::now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string();
-        if let Some(patch) = network_unavailable_patch(&node, &now) {
-            patch_status(nodes, name, patch).await?;
-            info!("set NetworkUnavailable=False (FlannelIsUp) on node {name}");
-        }
-        Ok(())
-    })
-    .await;
-}
-
-async fn patch_status(nodes: &Api<Node>, name: &str, patch: Value) -> Result<(), kube::Error> {
-    nodes
-        .patch_status(name, &PatchParams::default(), &Patch::Strategic(patch))
-        .await
-        .map(drop)
-}
-
-fn external_addresses(node: &Node) -> Vec<IpAddr> {
-    node.status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect()
 }
 
 /// Writes the CNI conflist and net-conf.json as k3s does (or takes the

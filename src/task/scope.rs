@@ -58,6 +58,30 @@ impl Scope {
         );
     }
 
+    /// As [`Scope::spawn`], for work whose end its owner must notice and
+    /// act on (a netlink socket's reader: the owner reopens it): the
+    /// returned [`Watched`] resolves when the work ends, and can cut it.
+    pub(crate) fn spawn_watched(
+        &self,
+        what: &'static str,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> Watched {
+        let cut = self.cancel.child_token();
+        let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
+        let cutting = cut.clone();
+        self.spawn(what, async move {
+            tokio::select! {
+                () = work => {}
+                () = cutting.cancelled() => {}
+            }
+            drop(ended_tx);
+        });
+        Watched {
+            ended: Some(ended),
+            cut,
+        }
+    }
+
     /// Runs `work`, which stops by itself once `stopping` (handed to it)
     /// completes: for loops that must not be cut in the middle of a step
     /// (a rule check running iptables). The scope still waits for it.
@@ -215,5 +239,35 @@ mod tests {
         );
         scope.close().await;
         assert_eq!(scope.panicked().await, message, "the first one stays");
+    }
+}
+
+/// Work started with [`Scope::spawn_watched`].
+#[derive(Debug)]
+pub(crate) struct Watched {
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
+    cut: CancellationToken,
+}
+
+impl Watched {
+    /// Resolves once the work has ended (at once if it already had).
+    pub(crate) async fn ended(&mut self) {
+        if let Some(ended) = self.ended.as_mut() {
+            let _ = ended.await;
+            self.ended = None;
+        }
+    }
+
+    /// Stops the work (as if its socket had failed): a fault hook for
+    /// tests, and what replacing it does.
+    pub(crate) fn cut(&self) {
+        self.cut.cancel();
+    }
+}
+
+impl Drop for Watched {
+    /// Work nobody watches any more is stopped.
+    fn drop(&mut self) {
+        self.cut.cancel();
     }
 }

@@ -40,6 +40,11 @@
 //! (`10.42.0.0/16,fd00:42::/56`, either order, as k3s's `--cluster-cidr`):
 //! then the underlay, the Nodes' `spec.podCIDRs` and the pods get both
 //! families, and [`Lab::ping_matrices`] has one matrix per family.
+//! [`Options::agent_args`], [`Options::node_agent_args`],
+//! [`Options::agent_env`] and [`Options::read_only_proc_sys`] change how
+//! every agent runs (extra flags, per node too, extra environment, a
+//! read-only `/proc/sys`); [`Lab::start_agent`] keeps using them after a
+//! [`Lab::stop_agent`] on the same `Lab`.
 //!
 //! Nothing is created in the machine's own network namespace: every link,
 //! address and route lives in the lab's namespaces, and the only traffic
@@ -171,6 +176,19 @@ pub struct Options {
     /// Add the outside host `fl-<id>-ext` ([`OUTSIDE_IP`]) behind the
     /// underlay gateway, for traffic leaving the cluster (masquerade).
     pub outside_host: bool,
+    /// Extra flags appended to every agent's command line (after the
+    /// lab's own, so they win where a flag is given twice).
+    pub agent_args: Vec<String>,
+    /// Extra flags for the agent of one node (by index), appended after
+    /// [`Options::agent_args`]: e.g. its own `--healthz-bind` port.
+    pub node_agent_args: BTreeMap<usize, Vec<String>>,
+    /// Extra environment for every agent (after RUST_LOG, so it may
+    /// override it).
+    pub agent_env: Vec<(String, String)>,
+    /// The agents see `/proc/sys` read-only (as in a non-privileged pod):
+    /// their sysctl writes fail with EROFS. Only the agents: CNI plugins
+    /// and `exec` still see it writable.
+    pub read_only_proc_sys: bool,
 }
 
 impl Options {
@@ -189,6 +207,10 @@ impl Options {
             rust_log: "info".to_string(),
             replace: false,
             outside_host: false,
+            agent_args: Vec::new(),
+            node_agent_args: BTreeMap::new(),
+            agent_env: Vec::new(),
+            read_only_proc_sys: false,
         }
     }
 
@@ -277,7 +299,34 @@ pub struct Lab {
     children: HashMap<u32, Child>,
     api: OnceLock<NodeApi>,
     rust_log: String,
+    agent_extras: AgentExtras,
     teardown_on_drop: bool,
+}
+
+/// What [`Options`] adds to every agent start. Kept with the `Lab` (like
+/// RUST_LOG), not in the state file: a lab from [`Lab::open`] starts its
+/// agents without them.
+#[derive(Debug, Clone, Default)]
+struct AgentExtras {
+    args: Vec<String>,
+    node_args: BTreeMap<usize, Vec<String>>,
+    env: Vec<(String, String)>,
+    proc_sys: sandbox::ProcSys,
+}
+
+impl AgentExtras {
+    fn of(options: &Options) -> AgentExtras {
+        AgentExtras {
+            args: options.agent_args.clone(),
+            node_args: options.node_agent_args.clone(),
+            env: options.agent_env.clone(),
+            proc_sys: if options.read_only_proc_sys {
+                sandbox::ProcSys::ReadOnly
+            } else {
+                sandbox::ProcSys::Writable
+            },
+        }
+    }
 }
 
 impl Lab {
@@ -313,6 +362,7 @@ impl Lab {
             children: HashMap::new(),
             api: OnceLock::new(),
             rust_log: options.rust_log.clone(),
+            agent_extras: AgentExtras::of(options),
             teardown_on_drop: true,
         };
         lab.state.save()?;
@@ -838,6 +888,7 @@ impl Lab {
             children: HashMap::new(),
             api: OnceLock::new(),
             rust_log: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()),
+            agent_extras: AgentExtras::default(),
             teardown_on_drop: false,
         })
     }
@@ -993,7 +1044,7 @@ impl Lab {
             return Ok(());
         }
         let sandbox = self.sandbox(index);
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--node-name".into(),
             node.name.clone(),
             "--kubeconfig".into(),
@@ -1005,8 +1056,12 @@ impl Lab {
             "--cluster-cidr".into(),
             self.state.cluster_cidr.clone(),
         ];
-        let mut command = sandbox.files_only(self.bin("flannel-agent"), &args);
+        let extras = &self.agent_extras;
+        args.extend(extras.args.iter().cloned());
+        args.extend(extras.node_args.get(&index).into_iter().flatten().cloned());
+        let mut command = sandbox.agent(self.bin("flannel-agent"), &args, extras.proc_sys);
         command.env("RUST_LOG", &self.rust_log);
+        command.envs(extras.env.iter().map(|(k, v)| (k, v)));
         let (proc, child) = spawn_background(
             &format!("flannel-agent {}", node.name),
             command,
@@ -1385,6 +1440,15 @@ fn check_options(options: &Options) -> Result<ClusterCidrs, LabError> {
     }
     if let Some(&index) = options.without_agent.iter().find(|&&i| i >= options.nodes) {
         return bad(format!("node {index} without agent does not exist"));
+    }
+    if let Some(&index) = options
+        .node_agent_args
+        .keys()
+        .find(|&&i| i >= options.nodes)
+    {
+        return bad(format!(
+            "node {index} with extra agent flags does not exist"
+        ));
     }
     let dir = absolute(&options.dir);
     for hidden in ["/run", "/var/run", "/var/lib"] {

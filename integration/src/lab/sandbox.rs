@@ -22,6 +22,12 @@
 //! plugins, `flannel-lab exec`) also enter its network namespace with
 //! `ip netns exec`, after the mounts; they bind all of `/run/netns` (pods'
 //! namespaces included) for the short time they run.
+//!
+//! An agent may also get a read-only `/proc/sys` ([`ProcSys::ReadOnly`]),
+//! as a container runtime gives a non-privileged pod: `/proc/sys` is
+//! bind-mounted over itself and remounted read-only in the agent's mount
+//! namespace only, so its sysctl writes fail with EROFS while everything
+//! else on the node (CNI plugins, `exec`) still sees it writable.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,10 +35,15 @@ use std::process::Command;
 /// The shell prelude: `$1` node run dir, `$2` node var-lib dir, `$3` `one`
 /// (bind only `/run/netns/$4`) or `all` (bind all of `/run/netns`), `$4`
 /// the node's netns name, `$5` `enter` (run the command with
-/// `ip netns exec $4`) or `stay`; the command follows.
+/// `ip netns exec $4`) or `stay`, `$6` `rw` or `ro` (`/proc/sys`
+/// read-only); the command follows.
 const PRELUDE: &str = r#"set -e
-run=$1 varlib=$2 mode=$3 node=$4 enter=$5
-shift 5
+run=$1 varlib=$2 mode=$3 node=$4 enter=$5 procsys=$6
+shift 6
+if [ "$procsys" = ro ]; then
+    mount --bind /proc/sys /proc/sys
+    mount -o remount,bind,ro /proc/sys
+fi
 if [ "$mode" = all ]; then
     mount --rbind /run/netns "$run/netns"
 else
@@ -45,6 +56,17 @@ if [ "$enter" = enter ]; then
 fi
 exec "$@"
 "#;
+
+/// How a sandboxed process sees `/proc/sys`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProcSys {
+    /// As the machine has it (writable for root).
+    #[default]
+    Writable,
+    /// Read-only (a bind mount over itself, remounted `ro`): sysctl writes
+    /// fail with EROFS.
+    ReadOnly,
+}
 
 /// A lab node's filesystem view and network namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +113,14 @@ impl NodeSandbox {
         self.var_lib_dir.join("rancher/k3s")
     }
 
-    fn command(&self, mode: &str, enter: bool, program: &Path, args: &[String]) -> Command {
+    fn command(
+        &self,
+        mode: &str,
+        enter: bool,
+        proc_sys: ProcSys,
+        program: &Path,
+        args: &[String],
+    ) -> Command {
         let mut command = Command::new("unshare");
         command
             .args([
@@ -109,6 +138,10 @@ impl NodeSandbox {
             .arg(mode)
             .arg(&self.netns)
             .arg(if enter { "enter" } else { "stay" })
+            .arg(match proc_sys {
+                ProcSys::Writable => "rw",
+                ProcSys::ReadOnly => "ro",
+            })
             .arg(program)
             .args(args);
         command
@@ -117,13 +150,18 @@ impl NodeSandbox {
     /// A command that runs inside the node: its mounts and its network
     /// namespace (what `flannel-lab exec` and the CNI plugins get).
     pub fn inside(&self, program: impl AsRef<Path>, args: &[String]) -> Command {
-        self.command("all", true, program.as_ref(), args)
+        self.command("all", true, ProcSys::Writable, program.as_ref(), args)
     }
 
     /// A command that sees the node's files but stays in the caller's
     /// network namespace, with `/run/netns/<node>` available: the agent,
     /// run with `--netns /run/netns/<node>`.
     pub fn files_only(&self, program: impl AsRef<Path>, args: &[String]) -> Command {
-        self.command("one", false, program.as_ref(), args)
+        self.agent(program, args, ProcSys::Writable)
+    }
+
+    /// [`NodeSandbox::files_only`] with the given view of `/proc/sys`.
+    pub fn agent(&self, program: impl AsRef<Path>, args: &[String], proc_sys: ProcSys) -> Command {
+        self.command("one", false, proc_sys, program.as_ref(), args)
     }
 }
