@@ -3,8 +3,7 @@
 //! and `--healthz-bind` serves `/healthz` and `/readyz` (case 9), with
 //! clear errors for a bad value or an address in use.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use integration::lab::{Lab, Options};
@@ -28,31 +27,12 @@ fn up(options: &Options) -> Lab {
     lab
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    integration::free_local_port()
 }
 
-/// `GET path` over plain HTTP/1.1: the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, body.to_string()))
+    integration::http_get(addr, path)
 }
 
 /// Polls `GET path` until it answers `code` (or `limit` passes); the last

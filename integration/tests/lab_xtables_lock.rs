@@ -8,8 +8,7 @@
 //! 200) and keeps repairing the data path; after the release the rules
 //! converge within 5 s and `/readyz` is 200 again.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -17,27 +16,8 @@ use integration::lab::util::poll;
 use integration::lab::{Lab, Options};
 use integration::Running;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// `GET path`: the status code and the body.
 fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_string()))
+    integration::http_get(addr, path).ok()
 }
 
 /// A directory whose iptables commands are the legacy ones.
@@ -75,7 +55,9 @@ fn a_held_xtables_lock_degrades_masquerade_only_and_rules_converge_after_release
     options.nodes = 2;
     options.pods_per_node = 0;
     options.wait = Duration::from_secs(20);
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", integration::free_local_port())
+        .parse()
+        .unwrap();
     options
         .node_agent_args
         .insert(0, vec![format!("--healthz-bind={addr}")]);
