@@ -219,8 +219,8 @@ pub(super) struct DriveContext<'a> {
     pub keep_subnet_env: &'a watch::Sender<Option<SubnetEnv>>,
 }
 
-/// A deadline that is either set or never comes.
-async fn at(deadline: Option<Instant>) {
+/// A deadline that is either set or never comes (the loops' retry timers).
+pub(super) async fn at(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,

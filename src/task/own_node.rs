@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::drive::at;
 use super::{Part, Progress};
 use crate::backoff::Backoff;
 use crate::config::NetConf;
@@ -167,13 +168,6 @@ pub(super) async fn keep_own_node(
                 retry = Some(Instant::now() + backoff.failed());
             }
         }
-    }
-}
-
-async fn at(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
