@@ -6,6 +6,7 @@
 #   bash integration/lab.sh                  # = flannel-lab up (2 nodes, vxlan, 10.42.0.0/16)
 #   bash integration/lab.sh --nodes 3 --pods-per-node 2
 #   bash integration/lab.sh --backend host-gw --nodes 3   # routes via the peers' uplinks
+#   bash integration/lab.sh --backend wireguard-native   # flannel-wg (wireguard-go here), UDP 51820
 #   bash integration/lab.sh --cluster-cidr 10.42.0.0/16,fd00:42::/56   # dual-stack
 #   bash integration/lab.sh --outside-host           # plus an "internet" host 203.0.113.10
 #   bash integration/lab.sh status           # status, exec, kubectl, stop-agent,

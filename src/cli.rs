@@ -65,6 +65,24 @@ pub struct FlannelFlags {
     /// /var/run/netns/node1).
     #[arg(long, value_name = "PATH")]
     pub netns: Option<PathBuf>,
+    /// wireguard-native: the node's private key file, generated when
+    /// missing (default /run/flannel/wgkey, a new key at every boot: point
+    /// it at persistent storage to keep it).
+    #[arg(long, value_name = "FILE", env = "WIREGUARD_KEY_FILE")]
+    pub wireguard_key_file: Option<PathBuf>,
+    /// wireguard-native: kernel, userspace, or auto (the kernel's
+    /// WireGuard when it has one, else start the userspace program).
+    #[arg(long, value_name = "auto|kernel|userspace", default_value = "auto")]
+    pub wireguard_implementation: String,
+    /// wireguard-native: the userspace implementation, run as PROGRAM -f
+    /// IFNAME (as wg-quick does).
+    #[arg(
+        long,
+        value_name = "PROGRAM",
+        env = "WG_QUICK_USERSPACE_IMPLEMENTATION",
+        default_value = "wireguard-go"
+    )]
+    pub wireguard_userspace_program: PathBuf,
 }
 
 impl FlannelFlags {
@@ -103,7 +121,20 @@ impl FlannelFlags {
         if let Some(path) = &self.netns {
             builder = builder.netns(path);
         }
-        builder.build()
+        if let Some(path) = &self.wireguard_key_file {
+            builder = builder.wireguard_key_file(path);
+        }
+        let implementation =
+            self.wireguard_implementation
+                .parse()
+                .map_err(|problem| ConfigError::Invalid {
+                    setting: "--wireguard-implementation",
+                    problem,
+                })?;
+        builder
+            .wireguard_implementation(implementation)
+            .wireguard_userspace_program(&self.wireguard_userspace_program)
+            .build()
     }
 }
 
@@ -130,6 +161,10 @@ mod tests {
         Host::try_parse_from(argv).unwrap().flannel.to_config()
     }
 
+    fn config_error(args: &[&str]) -> String {
+        config(args).unwrap_err().to_string()
+    }
+
     #[test]
     fn defaults_match_k3s() {
         let config = config(&[]).unwrap();
@@ -149,8 +184,27 @@ mod tests {
             "--data-dir=/data",
             "--subnet-file=/run/x/subnet.env",
             "--netns=/var/run/netns/n1",
+            "--wireguard-key-file=/var/lib/x/wgkey",
+            "--wireguard-implementation=userspace",
+            "--wireguard-userspace-program=/opt/boringtun",
         ])
         .unwrap();
+        let wg = config.wireguard();
+        assert_eq!(
+            wg.key_file.as_deref(),
+            Some(std::path::Path::new("/var/lib/x/wgkey"))
+        );
+        assert_eq!(
+            wg.implementation,
+            crate::config::WireguardImplementation::Userspace
+        );
+        assert_eq!(wg.userspace_program, PathBuf::from("/opt/boringtun"));
+        let error = config_error(&["--wireguard-implementation=module"]);
+        assert!(
+            error.contains("--wireguard-implementation")
+                && error.contains("auto, kernel, userspace"),
+            "{error}"
+        );
         assert_eq!(config.backend(), Backend::WireguardNative);
         assert_eq!(config.iface().unwrap().to_string(), "eth1");
         assert_eq!(config.netconf_path(), PathBuf::from("/etc/nc.json"));

@@ -56,6 +56,8 @@ pub mod masq;
 pub mod netlink;
 #[cfg(feature = "network")]
 mod task;
+#[cfg(feature = "network")]
+pub mod wireguard;
 
 pub use config::{Backend, Config, ConfigBuilder};
 #[cfg(feature = "network")]

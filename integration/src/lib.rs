@@ -9,6 +9,7 @@ pub mod cni_runner;
 pub mod fixtures;
 pub mod lab;
 pub mod netns;
+pub mod vm;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

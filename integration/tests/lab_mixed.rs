@@ -9,19 +9,12 @@ use std::time::Duration;
 
 use integration::lab::util::poll;
 use integration::lab::{netns_prefix, Lab, Options};
+use lab_support::{hand_made_pod, sh};
+
+mod lab_support;
 
 /// The hand-made node's VTEP MAC (locally administered, as upstream picks).
 const HAND_MAC: &str = "0e:42:00:00:01:01";
-
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn a_hand_made_upstream_peer_and_our_agent_reach_each_others_pods() {
@@ -177,39 +170,14 @@ fn a_hand_made_upstream_peer_and_our_agent_reach_each_others_pods() {
     // A pod on node-1 as the bridge plugin would attach it: cni0 with the
     // gateway address, a veth into the pod, MTU 1450.
     let pod = format!("{}n1hand", netns_prefix(lab.id()));
-    sh(&["ip", "netns", "add", &pod]);
-    sh(&["ip", "-n", n1, "link", "add", "cni0", "type", "bridge"]);
-    sh(&["ip", "-n", n1, "addr", "add", "10.42.1.1/24", "dev", "cni0"]);
-    sh(&["ip", "-n", n1, "link", "set", "cni0", "mtu", "1450", "up"]);
-    sh(&[
-        "ip", "-n", n1, "link", "add", "vethhand", "mtu", "1450", "type", "veth", "peer", "name",
-        "eth0", "netns", &pod,
-    ]);
-    sh(&[
-        "ip", "-n", n1, "link", "set", "vethhand", "master", "cni0", "up",
-    ]);
-    sh(&["ip", "-n", &pod, "link", "set", "lo", "up"]);
-    sh(&["ip", "-n", &pod, "link", "set", "eth0", "mtu", "1450", "up"]);
-    sh(&[
-        "ip",
-        "-n",
+    hand_made_pod(
+        n1,
         &pod,
-        "addr",
-        "add",
+        "10.42.1.1/24",
         "10.42.1.5/24",
-        "dev",
-        "eth0",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &pod,
-        "route",
-        "add",
-        "default",
-        "via",
         "10.42.1.1",
-    ]);
+        "1450",
+    );
 
     // Pods reach each other in both directions, across the two
     // implementations.

@@ -7,6 +7,7 @@ pub mod host_gw;
 pub mod incremental;
 pub mod nexthop;
 pub mod vxlan;
+pub mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

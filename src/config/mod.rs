@@ -240,6 +240,7 @@ pub struct Config {
     annotation_prefix: String,
     netns: Option<PathBuf>,
     set_node_network_unavailable: bool,
+    wireguard: WireguardSettings,
 }
 
 impl Config {
@@ -262,6 +263,7 @@ impl Config {
             annotation_prefix: DEFAULT_ANNOTATION_PREFIX.to_string(),
             netns: None,
             set_node_network_unavailable: true,
+            wireguard: WireguardSettings::default(),
         }
     }
 
@@ -337,6 +339,11 @@ impl Config {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.data_dir.join("agent/etc/cni/net.d")
     }
+    /// The wireguard backend's key file and implementation settings.
+    pub fn wireguard(&self) -> &WireguardSettings {
+        &self.wireguard
+    }
+
     /// `<data-dir>/agent/etc/cni/net.d/10-flannel.conflist`.
     pub fn cni_conflist_path(&self) -> PathBuf {
         self.cni_conf_dir().join("10-flannel.conflist")
@@ -362,6 +369,7 @@ pub struct ConfigBuilder {
     annotation_prefix: String,
     netns: Option<PathBuf>,
     set_node_network_unavailable: bool,
+    wireguard: WireguardSettings,
 }
 
 impl ConfigBuilder {
@@ -440,6 +448,51 @@ impl ConfigBuilder {
         self
     }
 
+    /// wireguard-native: the private key file (default
+    /// `$WIREGUARD_KEY_FILE`, else `/run/flannel/wgkey`). Point it at
+    /// persistent storage to keep the node's key across reboots (upstream's
+    /// `/run` is a tmpfs: a new key, and a peer change on every node, at
+    /// every boot).
+    ///
+    /// ```
+    /// use flannel_embed::config::WireguardImplementation;
+    /// use flannel_embed::{Backend, Config};
+    ///
+    /// let config = Config::builder("node-a")
+    ///     .backend(Backend::WireguardNative)
+    ///     .wireguard_key_file("/var/lib/mydistro/wgkey")
+    ///     .wireguard_implementation(WireguardImplementation::Auto)
+    ///     .build()?;
+    /// assert_eq!(
+    ///     config.wireguard().key_file.as_deref(),
+    ///     Some(std::path::Path::new("/var/lib/mydistro/wgkey"))
+    /// );
+    /// # Ok::<(), flannel_embed::config::ConfigError>(())
+    /// ```
+    pub fn wireguard_key_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.wireguard.key_file = Some(path.into());
+        self
+    }
+    /// wireguard-native: kernel WireGuard, a userspace implementation, or
+    /// the kernel's when it has one (default).
+    pub fn wireguard_implementation(mut self, implementation: WireguardImplementation) -> Self {
+        self.wireguard.implementation = implementation;
+        self
+    }
+    /// wireguard-native: where userspace implementations keep their
+    /// control sockets (default `/var/run/wireguard`).
+    pub fn wireguard_socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.wireguard.socket_dir = dir.into();
+        self
+    }
+    /// wireguard-native: the userspace program, started as
+    /// `PROGRAM -f IFNAME` (default `$WG_QUICK_USERSPACE_IMPLEMENTATION`,
+    /// else `wireguard-go`).
+    pub fn wireguard_userspace_program(mut self, program: impl Into<PathBuf>) -> Self {
+        self.wireguard.userspace_program = program.into();
+        self
+    }
+
     /// Checks every setting and returns the [`Config`], or the first
     /// problem, naming the setting.
     pub fn build(self) -> Result<Config, ConfigError> {
@@ -469,6 +522,7 @@ impl ConfigBuilder {
             ("--flannel-conf", &self.netconf_override),
             ("--flannel-cni-conf", &self.cni_conf_override),
             ("--netns", &self.netns),
+            ("--wireguard-key-file", &self.wireguard.key_file),
         ] {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(ConfigError::invalid(
@@ -492,7 +546,85 @@ impl ConfigBuilder {
             annotation_prefix,
             netns: self.netns,
             set_node_network_unavailable: self.set_node_network_unavailable,
+            wireguard: self.wireguard,
         })
+    }
+}
+
+/// Where wireguard-go, boringtun and `wg` keep their control sockets.
+pub const DEFAULT_SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// The program wg-quick starts when the kernel has no WireGuard.
+pub const DEFAULT_USERSPACE_PROGRAM: &str = "wireguard-go";
+
+/// Which WireGuard implementation configures the devices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum WireguardImplementation {
+    /// The kernel's when it has one; otherwise start the userspace program
+    /// (as wg-quick does). A device that already exists is configured the
+    /// way it answers (a control socket means userspace).
+    #[default]
+    Auto,
+    /// Only the kernel module; a kernel without it is an error.
+    Kernel,
+    /// Only the userspace program.
+    Userspace,
+}
+
+impl WireguardImplementation {
+    /// The setting's value as written on a command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            WireguardImplementation::Auto => "auto",
+            WireguardImplementation::Kernel => "kernel",
+            WireguardImplementation::Userspace => "userspace",
+        }
+    }
+}
+
+impl std::str::FromStr for WireguardImplementation {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(WireguardImplementation::Auto),
+            "kernel" => Ok(WireguardImplementation::Kernel),
+            "userspace" => Ok(WireguardImplementation::Userspace),
+            other => Err(format!("'{other}' is not one of auto, kernel, userspace")),
+        }
+    }
+}
+
+/// How the wireguard backend finds its key and its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireguardSettings {
+    /// The private key file; `None`: `$WIREGUARD_KEY_FILE`, else
+    /// `/run/flannel/wgkey`.
+    pub key_file: Option<PathBuf>,
+    /// Kernel, userspace, or whichever works.
+    pub implementation: WireguardImplementation,
+    /// Where the userspace control sockets live.
+    pub socket_dir: PathBuf,
+    /// The userspace program (run as `PROGRAM -f IFNAME`).
+    pub userspace_program: PathBuf,
+}
+
+impl Default for WireguardSettings {
+    fn default() -> Self {
+        WireguardSettings {
+            key_file: None,
+            implementation: WireguardImplementation::Auto,
+            socket_dir: PathBuf::from(DEFAULT_SOCKET_DIR),
+            userspace_program: std::env::var_os("WG_QUICK_USERSPACE_IMPLEMENTATION")
+                .filter(|p| !p.is_empty())
+                .map_or_else(|| PathBuf::from(DEFAULT_USERSPACE_PROGRAM), PathBuf::from),
+        }
+    }
+}
+
+impl WireguardSettings {
+    /// The control socket of device `name` (`<socket_dir>/<name>.sock`).
+    pub fn socket_path(&self, name: &str) -> PathBuf {
+        self.socket_dir.join(format!("{name}.sock"))
     }
 }
 

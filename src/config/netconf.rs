@@ -379,9 +379,18 @@ fn parse_backend(fields: &Fields<'_>) -> Result<BackendConf, NetConfError> {
                 listen_port_v6: fields
                     .uint("ListenPortV6", u16::MAX.into())?
                     .map_or(defaults.listen_port_v6, |v| v as u16),
-                psk: fields.string("PSK")?.filter(|s| !s.is_empty()),
+                psk: match fields.string("PSK")?.filter(|s| !s.is_empty()) {
+                    Some(psk) if !is_base64_key(&psk) => {
+                        return Err(fields.problem(
+                            "PSK",
+                            "is not a WireGuard key (44 characters of base64 for 32 bytes, as `wg genpsk` prints)".into(),
+                        ))
+                    }
+                    psk => psk,
+                },
+                // WireGuard keeps the interval in 16 bits.
                 persistent_keepalive_interval: fields
-                    .uint("PersistentKeepaliveInterval", u32::MAX.into())?
+                    .uint("PersistentKeepaliveInterval", u16::MAX.into())?
                     .map_or(0, |v| v as u32),
                 mtu: fields.mtu("MTU")?,
                 mode,
@@ -390,6 +399,19 @@ fn parse_backend(fields: &Fields<'_>) -> Result<BackendConf, NetConfError> {
         "" => Err(NetConfError::MissingBackend),
         other => Err(NetConfError::UnsupportedBackend(other.to_string())),
     }
+}
+
+/// A WireGuard key: 32 bytes in standard base64 (44 characters, one `=`,
+/// and a last digit that leaves no stray bits).
+pub(crate) fn is_base64_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 44
+        && bytes[43] == b'='
+        && bytes[..43]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+        // 256 bits in 43 digits: the last digit carries 4 bits and two zeros.
+        && b"AEIMQUYcgkosw048".contains(&bytes[42])
 }
 
 /// Field access with Go `encoding/json` semantics: keys match without
@@ -696,7 +718,7 @@ mod tests {
     fn wireguard_options() {
         let conf = NetConf::parse(
             r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": 51000,
-                "PSK": "abc", "Mode": "auto", "MTU": 0}}"#,
+                "PSK": "EEl0GML7McbBo7lbd0ebJHDWB2lGKrP5EI8a8BrWVUE=", "Mode": "auto", "MTU": 0}}"#,
         )
         .unwrap();
         assert_eq!(
@@ -704,12 +726,35 @@ mod tests {
             BackendConf::Wireguard(WireguardConf {
                 listen_port: 51000,
                 listen_port_v6: 51821,
-                psk: Some("abc".into()),
+                psk: Some("EEl0GML7McbBo7lbd0ebJHDWB2lGKrP5EI8a8BrWVUE=".into()),
                 persistent_keepalive_interval: 0,
                 mtu: None,
                 mode: WireguardMode::Auto,
             })
         );
+        // Keys match without regard to case, as Go's encoding/json does.
+        let conf = NetConf::parse(
+            r#"{"network": "10.42.0.0/16", "backend": {"type": "wireguard", "listenport": 1,
+                "LISTENPORTV6": 2, "mtu": 1400, "persistentkeepaliveinterval": 25, "mode": "ipv6"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            conf.backend,
+            BackendConf::Wireguard(WireguardConf {
+                listen_port: 1,
+                listen_port_v6: 2,
+                psk: None,
+                persistent_keepalive_interval: 25,
+                mtu: Some(1400),
+                mode: WireguardMode::Ipv6,
+            })
+        );
+        for mode in ["separate", "auto", "ipv4", "ipv6"] {
+            let text = format!(
+                r#"{{"Network": "10.42.0.0/16", "Backend": {{"Type": "wireguard", "Mode": "{mode}"}}}}"#
+            );
+            assert!(NetConf::parse(&text).is_ok(), "{mode}");
+        }
         assert_eq!(conf.backend.backend(), Backend::WireguardNative);
     }
 
@@ -750,6 +795,39 @@ mod tests {
             (
                 r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "Mode": "both"}}"#,
                 "field Backend.Mode",
+            ),
+            // Upstream compares the mode exactly.
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "Mode": "Auto"}}"#,
+                "field Backend.Mode",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": "25s"}}"#,
+                "field Backend.PersistentKeepaliveInterval",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 2.5}}"#,
+                "field Backend.PersistentKeepaliveInterval",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 70000}}"#,
+                "field Backend.PersistentKeepaliveInterval",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PSK": "abc"}}"#,
+                "field Backend.PSK: is not a WireGuard key",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PSK": "EEl0GML7McbBo7lbd0ebJHDWB2lGKrP5EI8a8BrWVUF="}}"#,
+                "field Backend.PSK",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": 65536}}"#,
+                "field Backend.ListenPort",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "ListenPortV6": "51821"}}"#,
+                "field Backend.ListenPortV6",
             ),
             (
                 r#"{"Network": "10.42.0.0/33", "Backend": {"Type": "vxlan"}}"#,

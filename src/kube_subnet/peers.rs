@@ -634,6 +634,7 @@ fn parse_peer(node: &SlimNode, ctx: &PeerContext) -> Result<Option<Peer>, SkipRe
             node,
             &keys.backend_data,
             &ctx.netconf.backend,
+            false,
         )?);
     }
     if ctx.netconf.enable_ipv6 {
@@ -642,6 +643,7 @@ fn parse_peer(node: &SlimNode, ctx: &PeerContext) -> Result<Option<Peer>, SkipRe
             node,
             &keys.backend_v6_data,
             &ctx.netconf.backend,
+            true,
         )?);
     }
     Ok(Some(peer))
@@ -705,6 +707,7 @@ fn backend_data(
     node: &SlimNode,
     key: &str,
     backend: &BackendConf,
+    v6_data: bool,
 ) -> Result<PeerBackend, SkipReason> {
     if let BackendConf::HostGw = backend {
         return Ok(PeerBackend::HostGw);
@@ -726,15 +729,18 @@ fn backend_data(
         BackendConf::Wireguard(conf) => {
             let public_key = field(&data, "PublicKey")
                 .and_then(Value::as_str)
-                .filter(|k| is_wireguard_key(k))
+                .filter(|k| crate::wireguard::Key::from_base64(k).is_ok())
                 .ok_or_else(|| bad(key, text, "wireguard backend data with a base64 PublicKey"))?;
+            // flannel <= v0.26.5 publishes no Port: it listens where we do.
+            let (own_v4, own_v6) = crate::backend::wireguard::published_ports(conf);
+            let own_port = if v6_data { own_v6 } else { own_v4 };
             let port = match field(&data, "Port") {
-                None | Some(Value::Null) => conf.listen_port,
-                Some(port) => port
-                    .as_u64()
-                    .and_then(|p| u16::try_from(p).ok())
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| bad(key, text, "wireguard backend data with a valid Port"))?,
+                None | Some(Value::Null) => own_port,
+                Some(port) => match port.as_u64().map(u16::try_from) {
+                    Some(Ok(0)) => own_port,
+                    Some(Ok(port)) => port,
+                    _ => return Err(bad(key, text, "wireguard backend data with a valid Port")),
+                },
             };
             Ok(PeerBackend::Wireguard {
                 public_key: public_key.to_string(),
@@ -742,15 +748,6 @@ fn backend_data(
             })
         }
     }
-}
-
-/// A WireGuard key: 32 bytes in standard base64 (44 characters, one `=`).
-fn is_wireguard_key(key: &str) -> bool {
-    key.len() == 44
-        && key.ends_with('=')
-        && key[..43]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 #[cfg(test)]
@@ -1044,6 +1041,38 @@ mod tests {
                 port: 51000
             })
         );
+        // flannel <= v0.26.5 publishes no Port (and Port 0 means the
+        // same): the peer listens where we do. Keys are case-insensitive.
+        for data in [
+            format!(r#"{{"PublicKey":"{key}"}}"#),
+            format!(r#"{{"publickey":"{key}","port":0}}"#),
+        ] {
+            let old = with(peer.clone(), "backend-data", Some(&data));
+            assert_eq!(
+                build_peer_set([&old], &ctx(wg))
+                    .peers
+                    .get("wg")
+                    .unwrap()
+                    .backend_v4,
+                Some(PeerBackend::Wireguard {
+                    public_key: key.into(),
+                    port: 51820
+                }),
+                "{data}"
+            );
+        }
+        for bad in [
+            format!(r#"{{"PublicKey":"{key}","Port":70000}}"#),
+            format!(r#"{{"PublicKey":"{key}","Port":"51820"}}"#),
+        ] {
+            let bad_port = with(peer.clone(), "backend-data", Some(&bad));
+            assert!(
+                build_peer_set([&bad_port], &ctx(wg))
+                    .skipped
+                    .contains_key("wg"),
+                "{bad}"
+            );
+        }
         let bad_key = with(
             peer.clone(),
             "backend-data",

@@ -6,6 +6,7 @@
 mod iface;
 mod nexthop;
 mod ops;
+mod tunnel;
 
 use std::fmt;
 use std::fs::File;
@@ -32,6 +33,7 @@ pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress,
 use nexthop::set_receive_buffer;
 pub use nexthop::{FoundNexthop, NexthopDump, NexthopEvent, RequestError};
 pub use ops::{observation, MAX_IN_FLIGHT};
+pub use tunnel::{TunnelLink, EOPNOTSUPP};
 
 use nexthop::RawSocket;
 
@@ -100,6 +102,10 @@ pub enum NetlinkError {
     /// No interface fits the selection.
     #[error("{0}")]
     NoInterface(String),
+    /// A WireGuard device could not be made, read or written (the cause
+    /// keeps its errno).
+    #[error(transparent)]
+    Wireguard(#[from] crate::wireguard::WgError),
 }
 
 /// What [`NetlinkHandle::disable_accept_ra`] found.
@@ -360,7 +366,7 @@ impl fmt::Debug for Driver {
     }
 }
 
-fn netns_label(netns: Option<&Path>) -> String {
+pub(crate) fn netns_label(netns: Option<&Path>) -> String {
     netns.map_or_else(
         || "the agent's own namespace".to_string(),
         |p| p.display().to_string(),
@@ -413,7 +419,7 @@ async fn open_connection(
 /// entered `netns` and has the caller's runtime entered, so the sockets
 /// belong to that namespace and register with the caller's reactor; the
 /// thread ends right after. Never on a tokio worker.
-async fn on_netns_thread<T, F>(netns: Option<&Path>, make: F) -> Result<T, NetlinkError>
+pub(crate) async fn on_netns_thread<T, F>(netns: Option<&Path>, make: F) -> Result<T, NetlinkError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, String> + Send + 'static,

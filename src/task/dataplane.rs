@@ -412,10 +412,12 @@ impl HostGwDataPath {
     }
 }
 
-/// The backend's data path: vxlan (one per enabled family) or host-gw.
+/// The backend's data path: vxlan (one per enabled family), host-gw or
+/// wireguard (one device per family, or one for both).
 pub(crate) enum DataPath {
     Vxlan(Vec<VxlanDataPath>),
     HostGw(Box<HostGwDataPath>),
+    Wireguard(Box<super::wg_path::WireguardDataPath>),
 }
 
 impl DataPath {
@@ -452,6 +454,7 @@ impl DataPath {
                     ..Report::default()
                 },
             },
+            DataPath::Wireguard(path) => path.reconcile(peers).await,
         }
     }
 
@@ -460,6 +463,7 @@ impl DataPath {
         match self {
             DataPath::Vxlan(paths) => paths.first().map(|path| &path.netlink),
             DataPath::HostGw(path) => Some(&path.netlink),
+            DataPath::Wireguard(path) => Some(&path.netlink),
         }
     }
 
@@ -491,6 +495,7 @@ impl DataPath {
         match self {
             DataPath::Vxlan(paths) => paths.iter_mut().for_each(|p| p.netlink = netlink.clone()),
             DataPath::HostGw(path) => path.netlink = netlink.clone(),
+            DataPath::Wireguard(path) => path.use_netlink(netlink),
         }
         self.forget_models();
     }
@@ -509,6 +514,7 @@ impl DataPath {
                 due
             }
             DataPath::HostGw(path) => path.observe(observation),
+            DataPath::Wireguard(path) => path.observe(observation),
         }
     }
 
@@ -521,6 +527,7 @@ impl DataPath {
                 p.last = None;
             }),
             DataPath::HostGw(path) => path.model = None,
+            DataPath::Wireguard(path) => path.forget_models(),
         }
     }
 }

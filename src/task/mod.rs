@@ -9,6 +9,7 @@ mod keep_files;
 mod own_node;
 mod run;
 mod scope;
+mod wg_path;
 
 pub use health::{Health, Part, Problem};
 
@@ -116,9 +117,6 @@ pub enum Failure {
         /// What is wrong and what to do.
         problem: String,
     },
-    /// The backend's data path is not in this version of the crate yet.
-    #[error("the {0} data path is not implemented in flannel-embed {version} yet", version = env!("CARGO_PKG_VERSION"))]
-    NotImplemented(&'static str),
     /// `--flannel-backend=none`: there is no task to run.
     #[error("the network task is disabled (--flannel-backend=none)")]
     Disabled,

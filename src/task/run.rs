@@ -26,8 +26,8 @@ use crate::files;
 use crate::files::SubnetEnv;
 use crate::kube_subnet::Lease;
 use crate::kube_subnet::{
-    self, node_public_ip, stored_vtep_mac, vxlan_backend_data, AnnotationKeys, OwnAttrs,
-    PeerContext, PeerSnapshot, HOST_GW_BACKEND_DATA,
+    self, node_public_ip, stored_vtep_mac, vxlan_backend_data, wireguard_backend_data,
+    AnnotationKeys, OwnAttrs, PeerContext, PeerSnapshot, HOST_GW_BACKEND_DATA,
 };
 use crate::mac::MacAddr;
 use crate::masq::{self, DriverKind, MasqRules, RuleSet};
@@ -108,8 +108,47 @@ pub(super) async fn run(
 
     let keys = AnnotationKeys::new(config.annotation_prefix());
     let own_annotations = own_node.metadata.annotations.clone().unwrap_or_default();
-    let mut attrs = backend_attrs(&netconf, &keys, &own_annotations, &ext)
-        .map_err(|f| Error::new(Step::RegisterNetwork, f))?;
+    let wg_key = match &netconf.backend {
+        BackendConf::Wireguard(_) => {
+            let path =
+                crate::wireguard::keys::key_file_path(config.wireguard().key_file.as_deref());
+            let loaded = scope
+                .blocking({
+                    let path = path.clone();
+                    move || crate::wireguard::keys::load_or_generate(&path)
+                })
+                .await
+                .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?
+                .map_err(|e| {
+                    Error::new(
+                        Step::RegisterNetwork,
+                        Failure::Backend {
+                            backend: "wireguard",
+                            problem: e.to_string(),
+                        },
+                    )
+                })?;
+            for warning in &loaded.warnings {
+                warn!("{warning}");
+            }
+            let public = loaded.key.public_key();
+            if loaded.generated {
+                info!(path = %path.display(), public_key = %public, "generated a WireGuard private key");
+            } else {
+                info!(path = %path.display(), public_key = %public, "using the WireGuard private key");
+            }
+            Some(loaded.key)
+        }
+        _ => None,
+    };
+    let mut attrs = backend_attrs(
+        &netconf,
+        &keys,
+        &own_annotations,
+        &ext,
+        wg_key.as_ref().map(|k| k.public_key()),
+    )
+    .map_err(|f| Error::new(Step::RegisterNetwork, f))?;
 
     // The data path first: for vxlan the devices must exist so the MAC
     // peers learn from our annotations is the device's real one.
@@ -190,7 +229,86 @@ pub(super) async fn run(
                 model: None,
             })))
         }
-        BackendConf::Wireguard(_) => None,
+        BackendConf::Wireguard(wg) => {
+            let psk = match wg.psk.as_deref().map(crate::wireguard::Key::from_base64) {
+                None => None,
+                Some(Ok(psk)) => Some(psk),
+                Some(Err(e)) => {
+                    return Err(Error::new(
+                        Step::RegisterNetwork,
+                        Failure::Backend {
+                            backend: "wireguard",
+                            problem: format!("net-conf.json Backend.PSK: {e}"),
+                        },
+                    ))
+                }
+            };
+            let Some(private_key) = wg_key else {
+                return Err(Error::new(
+                    Step::Run,
+                    Failure::Panicked("no WireGuard key".into()),
+                ));
+            };
+            let specs = crate::backend::wireguard::device_specs(
+                wg,
+                ext.mtu,
+                netconf.enable_ipv4,
+                netconf.enable_ipv6,
+            );
+            let host = |net: IpNetwork| {
+                IpNetwork::new(net.network(), if net.is_ipv6() { 128 } else { 32 }).map_err(|e| {
+                    Error::new(
+                        Step::RegisterNetwork,
+                        Failure::Backend {
+                            backend: "wireguard",
+                            problem: e.to_string(),
+                        },
+                    )
+                })
+            };
+            let mut devices = Vec::new();
+            for spec in specs {
+                let mut addresses = Vec::new();
+                if spec.carries_v4 {
+                    if let (Some(own), Some(network)) = (lease.ipv4, netconf.active_ipv4_network())
+                    {
+                        addresses.push((host(IpNetwork::V4(own))?, IpNetwork::V4(network)));
+                    }
+                }
+                if spec.carries_v6 {
+                    if let (Some(own), Some(network)) = (lease.ipv6, netconf.active_ipv6_network())
+                    {
+                        addresses.push((host(IpNetwork::V6(own))?, IpNetwork::V6(network)));
+                    }
+                }
+                devices.push(super::wg_path::WgDevicePath::new(spec, addresses));
+            }
+            let mut path = super::wg_path::WireguardDataPath {
+                netlink: netlink.clone(),
+                netns: config.netns().map(Path::to_path_buf),
+                settings: config.wireguard().clone(),
+                conf: wg.clone(),
+                public_key: private_key.public_key(),
+                private_key,
+                psk,
+                own: crate::backend::wireguard::OwnPublic {
+                    ipv4: ext.ipv4,
+                    ipv6: ext.ipv6,
+                },
+                log_dir: config.subnet_file().parent().map_or_else(
+                    || Path::new("/run/flannel").to_path_buf(),
+                    Path::to_path_buf,
+                ),
+                devices,
+            };
+            // The devices before the annotations, as for vxlan. A failure
+            // here is the first pass's too, which reports it (once) and
+            // retries with backoff.
+            if let Err(error) = path.ensure_devices().await {
+                tracing::debug!("setting up the wireguard devices: {error}");
+            }
+            Some(DataPath::Wireguard(Box::new(path)))
+        }
     };
     progress.update(|s| s.public_ip = attrs.own.ipv4.as_ref().map(|(_, ip)| IpAddr::V4(*ip)));
 
@@ -215,18 +333,17 @@ pub(super) async fn run(
     });
     let _ = published.wait_for(|done| *done).await;
     let masq = setup_masq(config, &netconf, &lease, scope, progress).await?;
-    if data_path.is_none() {
-        warn!(
-            "the {} data path is not implemented in flannel-embed {} yet: peers are tracked (see the task status), nothing is programmed and subnet.env is not written",
-            netconf.backend.type_name(),
-            env!("CARGO_PKG_VERSION")
-        );
-    }
 
     let (publish, peers) = watch::channel(PeerSnapshot::default());
     let mtu = match &data_path {
         // Pods get one MTU for both families: the smaller device's.
         Some(DataPath::Vxlan(paths)) => paths.iter().map(|p| p.spec.mtu).min().unwrap_or(ext.mtu),
+        Some(DataPath::Wireguard(path)) => path
+            .devices
+            .iter()
+            .map(|d| d.spec.mtu)
+            .min()
+            .unwrap_or(ext.mtu),
         _ => ext.mtu,
     };
     let subnet_env = SubnetEnv::for_lease(
@@ -429,6 +546,7 @@ pub(crate) fn backend_attrs(
     keys: &AnnotationKeys,
     own_annotations: &BTreeMap<String, String>,
     ext: &ExternalInterface,
+    wg_public_key: Option<crate::wireguard::Key>,
 ) -> Result<BackendAttrs, Failure> {
     // A person may pin the public address with node-public-ip(v6).
     let public_v4 = pinned::<Ipv4Addr>(own_annotations, &keys.node_public_ip).or(ext.ipv4);
@@ -456,7 +574,17 @@ pub(crate) fn backend_attrs(
             v6.then(|| HOST_GW_BACKEND_DATA.to_string()),
             (None, None),
         ),
-        BackendConf::Wireguard(_) => return Err(Failure::NotImplemented("wireguard")),
+        BackendConf::Wireguard(wg) => {
+            let key = wg_public_key
+                .ok_or_else(|| Failure::Panicked("the WireGuard key was not loaded".into()))?
+                .to_base64();
+            let (port_v4, port_v6) = crate::backend::wireguard::published_ports(wg);
+            (
+                v4.then(|| wireguard_backend_data(&key, port_v4)),
+                v6.then(|| wireguard_backend_data(&key, port_v6)),
+                (None, None),
+            )
+        }
     };
     let own = OwnAttrs {
         backend_type: netconf.backend.type_name(),

@@ -1,7 +1,7 @@
 //! `flannel-lab`: a local multi-node flannel cluster in network namespaces.
 //!
 //! ```text
-//! flannel-lab up [--nodes 2] [--backend vxlan|host-gw] [--cluster-cidr 10.42.0.0/16] [--pods-per-node 1] [--outside-host]
+//! flannel-lab up [--nodes 2] [--backend vxlan|host-gw|wireguard-native] [--cluster-cidr 10.42.0.0/16] [--pods-per-node 1] [--outside-host]
 //! flannel-lab up --backend host-gw --nodes 3                  # routes via the peers' uplinks, no flannel.1
 //! flannel-lab up --cluster-cidr 10.42.0.0/16,fd00:42::/56     # dual-stack: flannel.1 + flannel-v6.1
 //! flannel-lab status            # the node table and the pod ping matrices again
@@ -27,7 +27,7 @@ use integration::lab::{self, Lab, Options};
 #[command(
     name = "flannel-lab",
     about = "A local multi-node flannel cluster: node namespaces on a bridge underlay, one flannel-agent per node, pods attached with the agents' CNI conflists",
-    after_help = "Examples:\n  flannel-lab up                                           2 nodes, vxlan, 10.42.0.0/16\n  flannel-lab up --backend host-gw --nodes 3               host-gw: a route per peer via its uplink, no flannel.1\n  flannel-lab up --cluster-cidr 10.42.0.0/16,fd00:42::/56  dual-stack: IPv6 underlay too, pods get both\n  flannel-lab up --outside-host                            plus an \"internet\" host 203.0.113.10\n  flannel-lab exec node-0 -- iptables -t nat -S\n  flannel-lab down\n\nEverything lives in network namespaces fl-<id>-* and in --dir; `down` removes it all."
+    after_help = "Examples:\n  flannel-lab up                                           2 nodes, vxlan, 10.42.0.0/16\n  flannel-lab up --backend host-gw --nodes 3               host-gw: a route per peer via its uplink, no flannel.1\n  flannel-lab up --backend wireguard-native                flannel-wg per node (wireguard-go here), `exec node-0 -- wg show`\n  flannel-lab up --cluster-cidr 10.42.0.0/16,fd00:42::/56  dual-stack: IPv6 underlay too, pods get both\n  flannel-lab up --outside-host                            plus an \"internet\" host 203.0.113.10\n  flannel-lab exec node-0 -- iptables -t nat -S\n  flannel-lab down\n\nEverything lives in network namespaces fl-<id>-* and in --dir; `down` removes it all."
 )]
 struct Cli {
     /// Lab directory (state, logs, kubeconfig, the nodes' /run and /var/lib).
@@ -47,8 +47,9 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         nodes: usize,
         /// --flannel-backend for every agent: vxlan (flannel.1, and
-        /// flannel-v6.1 when dual-stack) or host-gw (one route per peer via
-        /// its uplink address, no device).
+        /// flannel-v6.1 when dual-stack), host-gw (one route per peer via
+        /// its uplink address, no device) or wireguard-native (flannel-wg,
+        /// flannel-wg-v6; wireguard-go when the kernel has no WireGuard).
         #[arg(long, default_value = "vxlan")]
         backend: String,
         /// --cluster-cidr: an IPv4 CIDR, or an IPv4 and an IPv6 CIDR for a
@@ -281,6 +282,9 @@ fn up(options: &Options) -> Result<ExitCode, String> {
     examples.push("exec node-1 -- cat /run/flannel/subnet.env");
     if lab.backend() == "vxlan" {
         examples.push("exec node-1 -- bridge fdb show dev flannel.1");
+    }
+    if lab.backend() == "wireguard-native" {
+        examples.push("exec node-1 -- wg show");
     }
     examples.push("exec node-0 -- iptables -t nat -S FLANNEL-POSTRTG");
     let outside_ping = format!(

@@ -361,6 +361,10 @@ pub struct PeerView {
     pub vtep_mac: String,
     /// Its public IP of the family.
     pub public_ip: String,
+    /// wireguard: its public key (backend-data PublicKey; empty otherwise).
+    pub public_key: String,
+    /// wireguard: its port (backend-data Port).
+    pub port: Option<u16>,
 }
 
 /// A node's kernel state relevant to flannel for one address family, read

@@ -80,6 +80,7 @@ pub mod report;
 pub mod sandbox;
 pub mod state;
 pub mod util;
+pub mod wg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -154,7 +155,8 @@ pub struct Options {
     pub dir: PathBuf,
     /// Number of nodes.
     pub nodes: usize,
-    /// `--flannel-backend` for the agents: `vxlan` or `host-gw`.
+    /// `--flannel-backend` for the agents: `vxlan`, `host-gw` or
+    /// `wireguard-native`.
     pub backend: String,
     /// `--cluster-cidr`: an IPv4 CIDR, or an IPv4 and an IPv6 CIDR
     /// (`10.42.0.0/16,fd00:42::/56`) for a dual-stack lab. Node podCIDRs
@@ -1387,10 +1389,14 @@ pub fn peer_view_of(node: &Node, family: Family) -> Option<PeerView> {
     let data: serde_json::Value =
         serde_json::from_str(annotations.get(&format!("{PREFIX}{data}"))?).ok()?;
     let vtep_mac = data["VtepMAC"].as_str().unwrap_or_default().to_string();
+    let public_key = data["PublicKey"].as_str().unwrap_or_default().to_string();
+    let port = data["Port"].as_u64().and_then(|p| u16::try_from(p).ok());
     Some(PeerView {
         pod_cidr,
         vtep_mac,
         public_ip,
+        public_key,
+        port,
     })
 }
 
@@ -1412,9 +1418,12 @@ fn check_options(options: &Options) -> Result<ClusterCidrs, LabError> {
     if options.nodes == 0 || options.nodes > MAX_NODES {
         return bad(format!("--nodes {}: use 1 to {MAX_NODES}", options.nodes));
     }
-    if !matches!(options.backend.as_str(), "vxlan" | "host-gw") {
+    if !matches!(
+        options.backend.as_str(),
+        "vxlan" | "host-gw" | "wireguard-native"
+    ) {
         return bad(format!(
-            "--backend {:?}: the lab runs vxlan or host-gw",
+            "--backend {:?}: the lab runs vxlan, host-gw or wireguard-native",
             options.backend
         ));
     }
@@ -1586,7 +1595,19 @@ pub fn remove_leftovers(id: &str, dir: &Path) -> Vec<String> {
         }
     }
     let prefix = netns_prefix(id);
-    for netns in netns_list().into_iter().filter(|n| n.starts_with(&prefix)) {
+    let lab_netns: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    // What the agents started inside a node and left running on purpose
+    // (wireguard-go outlives its agent, as a kernel device does).
+    for proc in processes_in_netns(&lab_netns) {
+        proc.stop(Duration::from_secs(5), None);
+        if proc.alive() {
+            problems.push(format!("{} (pid {}) still runs", proc.what, proc.pid));
+        }
+    }
+    for netns in lab_netns {
         if let Err(e) = ip("deleting namespaces", &["netns", "del", &netns]) {
             problems.push(e.to_string());
         }
@@ -1614,9 +1635,32 @@ pub fn remove_leftovers(id: &str, dir: &Path) -> Vec<String> {
     problems
 }
 
+/// Processes whose network namespace is one of `names` (`ip netns`
+/// names), compared by the namespace's inode.
+pub fn processes_in_netns(names: &[String]) -> Vec<ProcRef> {
+    use std::os::unix::fs::MetadataExt;
+    let inodes: Vec<u64> = names
+        .iter()
+        .filter_map(|n| std::fs::metadata(Path::new("/run/netns").join(n)).ok())
+        .map(|m| m.ino())
+        .collect();
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    other_processes(|pid, _| {
+        std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino()))
+    })
+}
+
 /// Processes whose command line has an argument equal to `arg` (the lab's
 /// kubeconfig path: its API server and agents, and nothing else).
 fn processes_mentioning(arg: &str) -> Vec<ProcRef> {
+    other_processes(|_, args| args.contains(&arg.as_bytes()))
+}
+
+/// Every process but ours that `wanted(pid, its arguments)` picks, named
+/// by its first argument.
+fn other_processes(wanted: impl Fn(u32, &[&[u8]]) -> bool) -> Vec<ProcRef> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -1637,7 +1681,7 @@ fn processes_mentioning(arg: &str) -> Vec<ProcRef> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if !args.contains(&arg.as_bytes()) {
+        if !wanted(pid, &args) {
             continue;
         }
         let what = args

@@ -46,7 +46,8 @@ impl ProcRef {
         matches!(stat(self.pid), Some((state, start)) if start == self.start_time && state != 'Z' && state != 'X')
     }
 
-    fn signal(&self, signal: &str) {
+    /// Sends `signal` (`TERM`, `KILL`, ...) if it still runs.
+    pub fn signal(&self, signal: &str) {
         if self.alive() {
             let _ = Command::new("kill")
                 .arg(format!("-{signal}"))

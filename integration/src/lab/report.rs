@@ -86,13 +86,16 @@ impl StatusTable {
     /// device) unless one is left over.
     pub fn render(&self) -> String {
         let host_gw = self.backend == "host-gw";
+        let wireguard = self.backend == "wireguard-native";
         let dual = self.rows.iter().any(|r| r.families.len() > 1);
         let mut header = vec!["NODE"];
         if dual {
             header.push("FAMILY");
         }
         header.extend(["PODCIDR", "PUBLIC IP"]);
-        if !host_gw {
+        if wireguard {
+            header.push("PUBLIC KEY");
+        } else if !host_gw {
             header.push("VTEPMAC");
         }
         header.extend([
@@ -112,7 +115,12 @@ impl StatusTable {
                 }
                 cells.push(f.pod_cidr.clone());
                 cells.push(f.public_ip.clone().unwrap_or_else(dash));
-                if !host_gw {
+                if wireguard {
+                    // The first 8 characters are what people compare.
+                    cells.push(f.vtep_mac.as_ref().map_or_else(dash, |k| {
+                        format!("{}...", k.chars().take(8).collect::<String>())
+                    }));
+                } else if !host_gw {
                     cells.push(f.vtep_mac.clone().unwrap_or_else(dash));
                 }
                 cells.push(if host_gw {
@@ -124,6 +132,12 @@ impl StatusTable {
                 } else {
                     match (&f.device, &f.vtep_mac) {
                         (None, _) => "absent".to_string(),
+                        (Some(d), key) if wireguard => match key {
+                            Some(k) if *k == d.mac => {
+                                format!("{} port {}, same key", d.name, d.port)
+                            }
+                            _ => format!("{} port {}, OTHER key", d.name, d.port),
+                        },
                         (Some(d), mac) => {
                             let state = if d.up { "up" } else { "down" };
                             match mac {
@@ -192,8 +206,9 @@ pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
             })
         })
         .collect();
+    let wireguard = lab.backend() == "wireguard-native";
     let mut rows = Vec::new();
-    for node in lab.nodes() {
+    for (index, node) in lab.nodes().iter().enumerate() {
         let object = objects
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(node.name.as_str()));
@@ -205,6 +220,24 @@ pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
         let mut complete: BTreeMap<&str, bool> = BTreeMap::new();
         for &family in &families {
             let kernel = Snapshot::read_family(&node.netns, family)?;
+            let wg_device = match family {
+                Family::V4 => super::wg::WG_DEVICE,
+                Family::V6 => super::wg::WG_DEVICE_V6,
+            };
+            // The single-device modes carry IPv6 on flannel-wg too.
+            let (wg_device, wg_dump) = if wireguard {
+                match lab.wg_show(index, wg_device)? {
+                    Some(dump) => (wg_device, Some(dump)),
+                    None if family == Family::V6 => (
+                        super::wg::WG_DEVICE,
+                        lab.wg_show(index, super::wg::WG_DEVICE)?,
+                    ),
+                    None => (wg_device, None),
+                }
+            } else {
+                (wg_device, None)
+            };
+            let single_device = wg_device == super::wg::WG_DEVICE && family == Family::V6;
             let (ip_key, data_key) = match family {
                 Family::V4 => ("public-ip", "backend-data"),
                 Family::V6 => ("public-ipv6", "backend-v6-data"),
@@ -212,7 +245,11 @@ pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
             let vtep_mac = annotations
                 .get(&format!("{PREFIX}{data_key}"))
                 .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-                .and_then(|d| d["VtepMAC"].as_str().map(str::to_string));
+                .and_then(|d| {
+                    d[if wireguard { "PublicKey" } else { "VtepMAC" }]
+                        .as_str()
+                        .map(str::to_string)
+                });
             let pod_cidr = object
                 .and_then(|o| {
                     let spec = o.spec.as_ref()?;
@@ -237,7 +274,23 @@ pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
                 .filter(|(f, name, _, _)| *f == family && *name != node.name)
             {
                 expected += 1;
-                let ok = if *host_gw {
+                let ok = if wireguard {
+                    wg_dump.as_ref().is_some_and(|dump| {
+                        dump.peer(&peer.public_key).is_some_and(|p| {
+                            if single_device {
+                                // One peer for both families; its endpoint
+                                // is the IPv4 row's business.
+                                return p.allowed_ips.contains(&peer.pod_cidr);
+                            }
+                            p.allowed_ips.contains(&peer.pod_cidr)
+                                && p.endpoint.as_deref()
+                                    == peer
+                                        .port
+                                        .map(|port| super::wg::endpoint(&peer.public_ip, port))
+                                        .as_deref()
+                        })
+                    })
+                } else if *host_gw {
                     kernel.host_gw_route(peer)
                 } else {
                     kernel.entries_for(peer).complete()
@@ -250,7 +303,24 @@ pub(super) fn status(lab: &Lab) -> Result<StatusTable, LabError> {
                 pod_cidr,
                 public_ip: annotations.get(&format!("{PREFIX}{ip_key}")).cloned(),
                 vtep_mac,
-                device: kernel.vtep.clone(),
+                device: if wireguard {
+                    wg_dump.as_ref().map(|dump| Vtep {
+                        name: wg_device.to_string(),
+                        vni: 0,
+                        port: u64::from(dump.listen_port),
+                        learning: false,
+                        mtu: 0,
+                        // The device's public key stands where vxlan's MAC
+                        // does: what peers must know.
+                        mac: dump.public_key.clone(),
+                        local: None,
+                        link: None,
+                        up: true,
+                        addrs: Vec::new(),
+                    })
+                } else {
+                    kernel.vtep.clone()
+                },
                 peers_expected: expected,
                 peers_programmed: programmed,
             });

@@ -76,3 +76,47 @@ pub fn without_nhid(line: &str) -> String {
     }
     out.join(" ")
 }
+
+/// Runs a command and returns its stdout; panics with its stderr when it
+/// fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pod attached by hand to node namespace `node` the way the bridge
+/// plugin attaches one: `cni0` with `gateway_cidr`, a veth into the new
+/// namespace `pod` (which the caller deletes, or the lab's prefix covers)
+/// with `address_cidr` and a default route via `gateway`, all at `mtu`.
+pub fn hand_made_pod(
+    node: &str,
+    pod: &str,
+    gateway_cidr: &str,
+    address_cidr: &str,
+    gateway: &str,
+    mtu: &str,
+) {
+    sh(&["ip", "netns", "add", pod]);
+    sh(&["ip", "-n", node, "link", "add", "cni0", "type", "bridge"]);
+    sh(&["ip", "-n", node, "addr", "add", gateway_cidr, "dev", "cni0"]);
+    sh(&["ip", "-n", node, "link", "set", "cni0", "mtu", mtu, "up"]);
+    sh(&[
+        "ip", "-n", node, "link", "add", "vethhand", "mtu", mtu, "type", "veth", "peer", "name",
+        "eth0", "netns", pod,
+    ]);
+    sh(&[
+        "ip", "-n", node, "link", "set", "vethhand", "master", "cni0", "up",
+    ]);
+    sh(&["ip", "-n", pod, "link", "set", "lo", "up"]);
+    sh(&["ip", "-n", pod, "link", "set", "eth0", "mtu", mtu, "up"]);
+    sh(&["ip", "-n", pod, "addr", "add", address_cidr, "dev", "eth0"]);
+    sh(&["ip", "-n", pod, "route", "add", "default", "via", gateway]);
+}
