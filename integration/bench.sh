@@ -12,8 +12,9 @@
 #
 # Figures, not assertions: run it on a quiet machine. Everything runs in
 # network namespaces the scenarios create and remove again (fe-b*-<pid>-<n>;
-# the data-plane scenario's two-node lab); nothing touches the root
-# namespace's links or routes.
+# the data-plane and wg-throughput scenarios' two-node labs; every
+# wireguard-go runs with a private /run, so the machine's /run/wireguard is
+# never touched); nothing touches the root namespace's links or routes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,7 @@ echo "== cargo build --release --workspace --bins"
 cargo build --release --workspace --bins
 # No scenario given (only options, or nothing): all of them.
 case "${1:-}" in
-    peers | events | churn | cni | data-plane | cold-sync | all | help | --help | -h) ;;
+    peers | events | churn | cni | data-plane | cold-sync | wg-cold-sync | wg-throughput | all | help | --help | -h) ;;
     *) set -- all "$@" ;;
 esac
 exec target/release/flannel-bench "$@"

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flannel_embed::wireguard::Key;
 use flannel_embed::{Backend, Config, Handle};
 use k8s_openapi::api::core::v1::Node;
 
@@ -20,11 +21,7 @@ pub const PREFIX: &str = "flannel.alpha.coreos.com/";
 /// a lab-like cluster (`10.42.<i>.0/24` on `192.168.<i/250>.<i%250+1>`, a
 /// MAC derived from `i`).
 pub fn vxlan_peer(index: u32) -> Node {
-    let octet3 = (index / 250) % 256;
-    let octet4 = index % 250 + 1;
-    // 10.42.0.0/16 only has 256 /24s; larger clusters spill into /24s of
-    // 10.0.0.0/8 above it, which callers put in a bigger Network.
-    let cidr = format!("10.{}.{}.0/24", 42 + index / 256, index % 256);
+    let cidr = peer_pod_cidr(index);
     let mac = format!(
         "0a:{:02x}:{:02x}:{:02x}:{:02x}:01",
         (index >> 24) & 0xff,
@@ -38,9 +35,60 @@ pub fn vxlan_peer(index: u32) -> Node {
             ("kube-subnet-manager", "true"),
             ("backend-type", "vxlan"),
             ("backend-data", &format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#)),
-            ("public-ip", &format!("192.168.{octet3}.{octet4}")),
+            ("public-ip", &peer_public_ip(index)),
         ],
     )
+}
+
+/// A Ready Node that a flannel wireguard agent has annotated: the i-th
+/// peer with [`vxlan_peer`]'s podCIDR and public IP, the public key
+/// [`wireguard_peer_key`]`(i)` and port 51820, as upstream publishes them
+/// (`{"PublicKey":"<base64>","Port":51820}`).
+pub fn wireguard_peer(index: u32) -> Node {
+    let cidr = peer_pod_cidr(index);
+    let key = wireguard_peer_key(index).to_base64();
+    annotated(
+        ready_node(&format!("peer-{index}"), Some(&cidr)),
+        &[
+            ("kube-subnet-manager", "true"),
+            ("backend-type", "wireguard"),
+            (
+                "backend-data",
+                &format!(r#"{{"PublicKey":"{key}","Port":51820}}"#),
+            ),
+            ("public-ip", &peer_public_ip(index)),
+        ],
+    )
+}
+
+/// The public key of [`wireguard_peer`]`(index)`: 32 bytes from a
+/// splitmix64 stream seeded with the index, distinct per index (the first
+/// eight bytes are a bijection of it) and the same in every run.
+pub fn wireguard_peer_key(index: u32) -> Key {
+    const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut state = 0x666c_616e_6e65_6c77 ^ u64::from(index).wrapping_mul(GOLDEN);
+    let mut bytes = [0u8; 32];
+    for chunk in bytes.chunks_mut(8) {
+        state = state.wrapping_add(GOLDEN);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        chunk.copy_from_slice(&z.to_le_bytes());
+    }
+    Key(bytes)
+}
+
+/// The i-th peer's podCIDR: 10.42.0.0/16 only has 256 /24s; larger
+/// clusters spill into /24s of 10.0.0.0/8 above it, which callers put in
+/// a bigger Network.
+fn peer_pod_cidr(index: u32) -> String {
+    format!("10.{}.{}.0/24", 42 + index / 256, index % 256)
+}
+
+/// The i-th peer's public IP: `192.168.<i/250>.<i%250+1>`.
+fn peer_public_ip(index: u32) -> String {
+    format!("192.168.{}.{}", (index / 250) % 256, index % 250 + 1)
 }
 
 /// Adds (or, with `None`, removes) flannel annotations under [`PREFIX`].
@@ -243,4 +291,57 @@ pub fn means(line: &str, via: &str, dev: &str, onlink: bool) -> bool {
         && after("dev") == Some(dev)
         && after("proto") == Some("77")
         && words.contains(&"onlink") == onlink
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wireguard_peers_publish_what_upstream_does_with_distinct_keys() {
+        let node = wireguard_peer(7);
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        let data = annotations
+            .get(&format!("{PREFIX}backend-data"))
+            .cloned()
+            .unwrap_or_default();
+        let key = wireguard_peer_key(7).to_base64();
+        assert_eq!(data, format!(r#"{{"PublicKey":"{key}","Port":51820}}"#));
+        assert_eq!(Key::from_base64(&key), Ok(wireguard_peer_key(7)));
+        assert_eq!(
+            annotations
+                .get(&format!("{PREFIX}backend-type"))
+                .map(String::as_str),
+            Some("wireguard")
+        );
+        assert_eq!(
+            annotations
+                .get(&format!("{PREFIX}public-ip"))
+                .map(String::as_str),
+            Some("192.168.0.8")
+        );
+        assert_eq!(
+            node.spec.and_then(|s| s.pod_cidr).as_deref(),
+            Some("10.42.7.0/24")
+        );
+        let keys: std::collections::BTreeSet<Key> = (0..20_000).map(wireguard_peer_key).collect();
+        assert_eq!(keys.len(), 20_000);
+        assert_eq!(wireguard_peer_key(3), wireguard_peer_key(3));
+    }
+
+    #[test]
+    fn vxlan_peers_keep_their_addresses() {
+        let node = vxlan_peer(300);
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations
+                .get(&format!("{PREFIX}public-ip"))
+                .map(String::as_str),
+            Some("192.168.1.51")
+        );
+        assert_eq!(
+            node.spec.and_then(|s| s.pod_cidr).as_deref(),
+            Some("10.43.44.0/24")
+        );
+    }
 }

@@ -425,6 +425,43 @@ fn wireguard_dual_stack_uses_a_v6_device_on_51821() {
     }
     all_pings_ok(&lab, Family::V4);
     all_pings_ok(&lab, Family::V6);
+
+    // Converged, the agents go quiet: no pass writes anything (the IPv6
+    // route once was rewritten by every pass, whose echo started the
+    // next). Then a route deleted by hand comes back exactly once.
+    let lines = |needle: &str| {
+        std::fs::read_to_string(lab.agent_log(0))
+            .unwrap()
+            .matches(needle)
+            .count()
+    };
+    let (reconciled, restored) = (lines("reconciled"), lines("restored the route"));
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        (lines("reconciled"), lines("restored the route")),
+        (reconciled, restored),
+        "node-0 is not quiet:\n{}",
+        std::fs::read_to_string(lab.agent_log(0)).unwrap()
+    );
+    lab.ip(
+        0,
+        &["-6", "route", "del", "fd00:42::/56", "dev", WG_DEVICE_V6],
+    )
+    .unwrap();
+    poll(Duration::from_secs(10), || {
+        lab.ip(0, &["-6", "route", "show", "proto", "77"])
+            .ok()?
+            .contains("fd00:42::/56 dev flannel-wg-v6")
+            .then_some(())
+    })
+    .expect("the IPv6 route comes back");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        lines("restored the route"),
+        restored + 1,
+        "{}",
+        std::fs::read_to_string(lab.agent_log(0)).unwrap()
+    );
     lab.down().unwrap();
 }
 

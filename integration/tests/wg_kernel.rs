@@ -257,6 +257,54 @@ async fn inside_vm_kernel_path() {
     );
     assert_eq!(public_key(n1), k1, "the key file keeps the key");
 
+    // 150 more peers: the set is split over WG_CMD_SET_DEVICE messages of
+    // 100 peers and the kernel's dump comes in several messages; then
+    // they go again. Converged, the task is quiet (no pass, no dump).
+    pair.server
+        .create_nodes((2..=151).map(integration::fixtures::wireguard_peer))
+        .unwrap();
+    within(Duration::from_secs(30), "151 peers on node-0", || {
+        peers(n0).len() == 151
+    })
+    .await;
+    let all = peers(n0);
+    let key = integration::fixtures::wireguard_peer_key(77).to_base64();
+    assert!(
+        all.contains(&(key, "192.168.0.78:51820".into(), "10.42.77.0/24".into())),
+        "peer-77 is not right"
+    );
+    let mut status = h0.watch_status();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.peers_programmed == 151),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let dumps = h0.status().kernel_dumps;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        h0.status().kernel_dumps,
+        dumps,
+        "node-0 is not quiet: {:?}",
+        h0.status()
+    );
+    for i in 2..=151 {
+        pair.server.delete_node(&format!("peer-{i}")).unwrap();
+    }
+    within(Duration::from_secs(30), "back to one peer", || {
+        peers(n0).len() == 1
+    })
+    .await;
+    assert_eq!(
+        peers(n0),
+        [(
+            k1.clone(),
+            "192.168.1.13:51820".into(),
+            "10.42.1.0/24".into()
+        )]
+    );
+
     // The device deleted behind node-0's back: recreated with every peer.
     n0.ip(&["link", "del", "flannel-wg"]);
     within(

@@ -347,6 +347,17 @@ pub enum Observation {
         /// RTM_DELNEXTHOP.
         deleted: bool,
     },
+    /// A route of ours (protocol [`ROUTE_PROTOCOL`]) without a gateway,
+    /// straight onto a device: the wireguard backend's route for the
+    /// cluster network.
+    LinkRoute {
+        /// Its destination.
+        dst: IpNetwork,
+        /// Its output interface.
+        oif: u32,
+        /// RTM_DELROUTE.
+        deleted: bool,
+    },
     /// A link changed or went away.
     Link {
         /// Its index.
@@ -508,6 +519,8 @@ impl KernelEntries {
                     }
                 }
             }
+            // Ours, yet not a shape these backends make: dump and see.
+            Observation::LinkRoute { dst, .. } => scope.covers(dst.ip()),
             Observation::Link { .. }
             | Observation::Address { .. }
             | Observation::Overrun

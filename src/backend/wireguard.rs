@@ -12,7 +12,12 @@ use ipnetwork::IpNetwork;
 
 use crate::config::{WireguardConf, WireguardMode};
 use crate::kube_subnet::{Peer, PeerBackend, PeerSet};
-use crate::wireguard::{DeviceState, DeviceUpdate, Key, PeerChange, PeerConfig};
+use crate::wireguard::{DeviceState, DeviceUpdate, Key, PeerChange, PeerConfig, PrivateKey};
+
+/// How recent a handshake keeps an endpoint WireGuard learnt (roaming,
+/// NAT) instead of the published one we wrote: WireGuard re-handshakes
+/// every 2 minutes while traffic flows, and a keepalive keeps it flowing.
+pub const ROAMING_GRACE_SECONDS: u64 = 180;
 
 /// The IPv4 (or single) device.
 pub const DEVICE_V4: &str = "flannel-wg";
@@ -168,9 +173,12 @@ pub struct Unusable {
 /// The peers `spec` should hold: per peer node, its key, endpoint
 /// (`ip:port`, `[ip6]:port`), exactly its lease(s) as AllowedIPs, the PSK
 /// and keepalive. Two nodes with one public key (a cloned machine) cannot
-/// both be peers: the first by name wins and the other is reported.
+/// both be peers: the first by name wins and the other is reported; a node
+/// publishing our own key (`own_key`) is no peer at all (WireGuard ignores
+/// it silently).
 pub fn desired_peers(
     peers: &PeerSet,
+    own_key: Key,
     spec: &WgDeviceSpec,
     conf: &WireguardConf,
     psk: Option<Key>,
@@ -213,6 +221,13 @@ pub fn desired_peers(
         if allowed_ips.is_empty() {
             continue;
         }
+        if key == own_key {
+            unusable.push(Unusable {
+                node: peer.name.clone(),
+                reason: "it publishes this node's own WireGuard public key; give one of the two a new key (delete its key file)".into(),
+            });
+            continue;
+        }
         if let Some(owner) = owners.get(&key) {
             unusable.push(Unusable {
                 node: peer.name.clone(),
@@ -243,16 +258,22 @@ pub fn desired_peers(
 /// list is complete (`synced`), every other peer removed. Removals come
 /// first so an AllowedIP moving from an old key to a new one is never
 /// held by both.
+///
+/// An endpoint that differs is left alone when WireGuard learnt it
+/// (roaming, NAT): the published one is what we wrote last
+/// (`roaming.written`) and the peer handshook within
+/// [`ROAMING_GRACE_SECONDS`]. A newly published endpoint is always written.
 pub fn device_update(
     actual: &DeviceState,
-    public_key: Key,
-    private_key: Key,
+    private_key: &PrivateKey,
     port: u16,
     desired: &BTreeMap<Key, PeerConfig>,
     synced: bool,
+    roaming: &Roaming<'_>,
 ) -> DeviceUpdate {
     let mut update = DeviceUpdate {
-        private_key: (actual.public_key != Some(public_key)).then_some(private_key),
+        private_key: (actual.public_key != Some(private_key.public_key()))
+            .then(|| private_key.clone()),
         listen_port: (actual.listen_port != port).then_some(port),
         peers: Vec::new(),
     };
@@ -267,7 +288,11 @@ pub fn device_update(
     }
     for (key, want) in desired {
         let same = held.get(key).is_some_and(|have| {
-            have.endpoint == Some(want.endpoint)
+            let roamed = roaming.written.get(key) == Some(&want.endpoint)
+                && have.endpoint.is_some()
+                && have.last_handshake > 0
+                && roaming.now.saturating_sub(have.last_handshake) < ROAMING_GRACE_SECONDS;
+            (have.endpoint == Some(want.endpoint) || roamed)
                 && have.allowed_ips == want.allowed_ips
                 && have.preshared_key == want.preshared_key
                 && have.keepalive == want.keepalive
@@ -277,6 +302,15 @@ pub fn device_update(
         }
     }
     update
+}
+
+/// What [`device_update`] needs to leave a roamed endpoint alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Roaming<'a> {
+    /// Per peer, the endpoint we wrote last.
+    pub written: &'a BTreeMap<Key, SocketAddr>,
+    /// Now, in seconds since the epoch (handshake times are).
+    pub now: u64,
 }
 
 #[cfg(test)]
@@ -357,6 +391,7 @@ mod tests {
         let peers = set(vec![peer("b", 2, 2, None)]);
         let (v4, bad) = desired_peers(
             &peers,
+            key(1),
             &specs[0],
             &conf(WireguardMode::Separate),
             None,
@@ -372,6 +407,7 @@ mod tests {
         assert_eq!(want.keepalive, 25);
         let (v6, _) = desired_peers(
             &peers,
+            key(1),
             &specs[1],
             &conf(WireguardMode::Separate),
             None,
@@ -404,7 +440,7 @@ mod tests {
         for (mode, endpoint) in cases {
             let c = conf(mode);
             let spec = &device_specs(&c, 1500, true, true)[0];
-            let (want, _) = desired_peers(&peers, spec, &c, None, &own);
+            let (want, _) = desired_peers(&peers, key(1), spec, &c, None, &own);
             let want = &want[&key(2)];
             assert_eq!(want.endpoint, endpoint.parse().unwrap(), "{mode:?}");
             assert_eq!(
@@ -460,7 +496,7 @@ mod tests {
         let c = conf(WireguardMode::Separate);
         let spec = &device_specs(&c, 1500, true, false)[0];
         let peers = set(vec![peer("b", 2, 7, Some(51000)), peer("c", 3, 7, None)]);
-        let (want, bad) = desired_peers(&peers, spec, &c, None, &OwnPublic::default());
+        let (want, bad) = desired_peers(&peers, key(1), spec, &c, None, &OwnPublic::default());
         assert_eq!(want.len(), 1);
         assert_eq!(want[&key(7)].endpoint, "192.168.0.2:51000".parse().unwrap());
         assert_eq!(bad.len(), 1);
@@ -606,14 +642,20 @@ mod tests {
                 want: vec![format!("remove peer {}", key(2))],
             },
         ];
+        let private = PrivateKey([11; 32]);
+        let none_written = BTreeMap::new();
+        let roaming = Roaming {
+            written: &none_written,
+            now: 1_700_000_000,
+        };
         for case in cases {
-            let (desired, _) = desired_peers(&set(case.peers), spec, &c, case.psk, &own);
+            let (desired, _) = desired_peers(&set(case.peers), key(1), spec, &c, case.psk, &own);
             let actual = DeviceState {
-                public_key: Some(key(1)),
+                public_key: Some(private.public_key()),
                 listen_port: 51820,
                 peers: case.held,
             };
-            let update = device_update(&actual, key(1), key(11), 51820, &desired, case.synced);
+            let update = device_update(&actual, &private, 51820, &desired, case.synced, &roaming);
             assert_eq!(update.private_key, None, "{}", case.name);
             assert_eq!(update.listen_port, None, "{}", case.name);
             let got: Vec<String> = update.peers.iter().map(ToString::to_string).collect();
@@ -632,17 +674,108 @@ mod tests {
         let c = conf(WireguardMode::Separate);
         let spec = &device_specs(&c, 1500, true, false)[0];
         let peers = set(vec![peer("b", 2, 2, None), peer("c", 3, 3, None)]);
-        let (desired, _) = desired_peers(&peers, spec, &c, None, &OwnPublic::default());
+        let (desired, _) = desired_peers(&peers, key(1), spec, &c, None, &OwnPublic::default());
+        let private = PrivateKey([11; 32]);
+        let written = BTreeMap::new();
+        let roaming = Roaming {
+            written: &written,
+            now: 0,
+        };
         let update = device_update(
             &DeviceState::default(),
-            key(1),
-            key(11),
+            &private,
             51820,
             &desired,
             true,
+            &roaming,
         );
-        assert_eq!(update.private_key, Some(key(11)));
+        assert_eq!(update.private_key, Some(private));
         assert_eq!(update.listen_port, Some(51820));
         assert_eq!(update.peers.len(), 2);
+    }
+
+    #[test]
+    fn our_own_key_on_another_node_is_no_peer() {
+        let c = conf(WireguardMode::Separate);
+        let spec = &device_specs(&c, 1500, true, false)[0];
+        let peers = set(vec![peer("b", 2, 1, None), peer("c", 3, 3, None)]);
+        let (desired, bad) = desired_peers(&peers, key(1), spec, &c, None, &OwnPublic::default());
+        assert_eq!(desired.keys().copied().collect::<Vec<_>>(), [key(3)]);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].node, "b");
+        assert!(
+            bad[0].reason.contains("own WireGuard public key"),
+            "{}",
+            bad[0].reason
+        );
+    }
+
+    #[test]
+    fn a_roamed_endpoint_is_kept_a_newly_published_one_is_written() {
+        let c = conf(WireguardMode::Separate);
+        let spec = &device_specs(&c, 1500, true, false)[0];
+        let private = PrivateKey([11; 32]);
+        let now = 1_700_000_000;
+        let (desired, _) = desired_peers(
+            &set(vec![peer("b", 2, 2, None)]),
+            key(1),
+            spec,
+            &c,
+            None,
+            &OwnPublic::default(),
+        );
+        let published: SocketAddr = "192.168.0.2:51820".parse().unwrap();
+        let natted = |handshake: u64| DeviceState {
+            public_key: Some(private.public_key()),
+            listen_port: 51820,
+            peers: vec![PeerState {
+                last_handshake: handshake,
+                ..held(2, "203.0.113.9:40000", &["10.42.2.0/24"], None, 25)
+            }],
+        };
+        let wrote_published: BTreeMap<Key, SocketAddr> =
+            [(key(2), published)].into_iter().collect();
+        let wrote_older: BTreeMap<Key, SocketAddr> =
+            [(key(2), "192.168.0.99:51820".parse().unwrap())]
+                .into_iter()
+                .collect();
+        let nothing_written = BTreeMap::new();
+        let cases = [
+            (
+                "roamed, recent handshake: kept",
+                natted(now - 10),
+                &wrote_published,
+                0,
+            ),
+            (
+                "roamed, handshake stale: put back",
+                natted(now - 600),
+                &wrote_published,
+                1,
+            ),
+            (
+                "roamed, never handshook: put back",
+                natted(0),
+                &wrote_published,
+                1,
+            ),
+            (
+                "the published endpoint changed: written",
+                natted(now - 10),
+                &wrote_older,
+                1,
+            ),
+            (
+                "nothing written yet (a restart): written",
+                natted(now - 10),
+                &nothing_written,
+                1,
+            ),
+        ];
+        for (name, actual, written, changes) in cases {
+            let roaming = Roaming { written, now };
+            let update = device_update(&actual, &private, 51820, &desired, true, &roaming);
+            assert_eq!(update.peers.len(), changes, "{name}");
+        }
     }
 }

@@ -479,12 +479,6 @@ impl ConfigBuilder {
         self.wireguard.implementation = implementation;
         self
     }
-    /// wireguard-native: where userspace implementations keep their
-    /// control sockets (default `/var/run/wireguard`).
-    pub fn wireguard_socket_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.wireguard.socket_dir = dir.into();
-        self
-    }
     /// wireguard-native: the userspace program, started as
     /// `PROGRAM -f IFNAME` (default `$WG_QUICK_USERSPACE_IMPLEMENTATION`,
     /// else `wireguard-go`).
@@ -602,7 +596,10 @@ pub struct WireguardSettings {
     pub key_file: Option<PathBuf>,
     /// Kernel, userspace, or whichever works.
     pub implementation: WireguardImplementation,
-    /// Where the userspace control sockets live.
+    /// Where the userspace control sockets live: `/var/run/wireguard`,
+    /// which wireguard-go and boringtun both have built in (each node
+    /// needs its own, so several nodes on one machine need one mount
+    /// namespace each).
     pub socket_dir: PathBuf,
     /// The userspace program (run as `PROGRAM -f IFNAME`).
     pub userspace_program: PathBuf,

@@ -374,11 +374,11 @@ fn parse_backend(fields: &Fields<'_>) -> Result<BackendConf, NetConfError> {
             };
             Ok(BackendConf::Wireguard(WireguardConf {
                 listen_port: fields
-                    .uint("ListenPort", u16::MAX.into())?
-                    .map_or(defaults.listen_port, |v| v as u16),
+                    .port("ListenPort")?
+                    .unwrap_or(defaults.listen_port),
                 listen_port_v6: fields
-                    .uint("ListenPortV6", u16::MAX.into())?
-                    .map_or(defaults.listen_port_v6, |v| v as u16),
+                    .port("ListenPortV6")?
+                    .unwrap_or(defaults.listen_port_v6),
                 psk: match fields.string("PSK")?.filter(|s| !s.is_empty()) {
                     Some(psk) if !is_base64_key(&psk) => {
                         return Err(fields.problem(
@@ -401,8 +401,7 @@ fn parse_backend(fields: &Fields<'_>) -> Result<BackendConf, NetConfError> {
     }
 }
 
-/// A WireGuard key: 32 bytes in standard base64 (44 characters, one `=`,
-/// and a last digit that leaves no stray bits).
+/// A WireGuard key: 32 bytes in standard base64 (44 characters, one `=`).
 pub(crate) fn is_base64_key(key: &str) -> bool {
     let bytes = key.as_bytes();
     bytes.len() == 44
@@ -410,8 +409,7 @@ pub(crate) fn is_base64_key(key: &str) -> bool {
         && bytes[..43]
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-        // 256 bits in 43 digits: the last digit carries 4 bits and two zeros.
-        && b"AEIMQUYcgkosw048".contains(&bytes[42])
+    // Go's decoder (upstream) ignores stray bits in the last digit.
 }
 
 /// Field access with Go `encoding/json` semantics: keys match without
@@ -473,6 +471,18 @@ impl<'a> Fields<'a> {
                 _ => Err(self.problem(name, format!("{n} is not a whole number from 0 to {max}"))),
             },
             Some(other) => Err(self.wrong_type(name, "a number", other)),
+        }
+    }
+
+    /// A UDP port to listen on: 1 to 65535 (0 would be a random port,
+    /// which peers could not know).
+    fn port(&self, name: &str) -> Result<Option<u16>, NetConfError> {
+        match self.uint(name, u16::MAX.into())? {
+            Some(0) => Err(self.problem(
+                name,
+                "0 is not a port to listen on (peers dial the port the node publishes)".into(),
+            )),
+            other => Ok(other.map(|v| v as u16)),
         }
     }
 
@@ -818,12 +828,16 @@ mod tests {
                 "field Backend.PSK: is not a WireGuard key",
             ),
             (
-                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PSK": "EEl0GML7McbBo7lbd0ebJHDWB2lGKrP5EI8a8BrWVUF="}}"#,
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "PSK": "EEl0GML7McbBo7lbd0ebJHDWB2lGKrP5EI8a8BrWVUE"}}"#,
                 "field Backend.PSK",
             ),
             (
                 r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": 65536}}"#,
                 "field Backend.ListenPort",
+            ),
+            (
+                r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "ListenPort": 0}}"#,
+                "field Backend.ListenPort: 0 is not a port",
             ),
             (
                 r#"{"Network": "10.42.0.0/16", "Backend": {"Type": "wireguard", "ListenPortV6": "51821"}}"#,

@@ -569,6 +569,26 @@ fn route_message(route: &RouteEntry) -> RouteMessage {
     message
 }
 
+/// A route with a destination and an output interface and neither a
+/// gateway nor a nexthop object: `<dst> dev <oif>`.
+fn link_route(message: &RouteMessage) -> Option<(IpNetwork, u32)> {
+    let mut dst = None;
+    let mut oif = None;
+    for attribute in &message.attributes {
+        match attribute {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::Gateway(_) | RouteAttribute::NhId(_) | RouteAttribute::MultiPath(_) => {
+                return None
+            }
+            _ => {}
+        }
+    }
+    let dst = IpNetwork::new(dst?, message.header.destination_prefix_length).ok()?;
+    Some((dst, oif?))
+}
+
 fn our_route(message: &RouteMessage) -> Option<RouteEntry> {
     let mut dst_addr = None;
     let mut gateway = None;
@@ -675,8 +695,11 @@ pub fn observation(event: &KernelEvent) -> Observation {
             if u8::from(r.header.protocol) == ROUTE_PROTOCOL {
                 return match our_route(r) {
                     Some(route) => Observation::Route { route, deleted },
-                    // Ours, yet not a shape we make: dump and see.
-                    None => Observation::Overrun,
+                    None => match link_route(r) {
+                        Some((dst, oif)) => Observation::LinkRoute { dst, oif, deleted },
+                        // Ours, yet not a shape we make: dump and see.
+                        None => Observation::Overrun,
+                    },
                 };
             }
             if deleted || route_table(r) != MAIN_TABLE {

@@ -116,9 +116,12 @@ impl NetlinkHandle {
 }
 
 fn is_link_route(message: &RouteMessage, index: u32, dst: IpNetwork) -> bool {
+    // The kernel keeps IPv6 routes at scope global whatever was asked
+    // for (`ip -6 route` shows no scope): only IPv4 keeps `scope link`.
+    let scope_ok = dst.is_ipv6() || message.header.scope == RouteScope::Link;
     if message.header.destination_prefix_length != dst.prefix()
         || u8::from(message.header.protocol) != ROUTE_PROTOCOL
-        || message.header.scope != RouteScope::Link
+        || !scope_ok
     {
         return false;
     }

@@ -232,7 +232,8 @@ pub(super) async fn run(
         BackendConf::Wireguard(wg) => {
             let psk = match wg.psk.as_deref().map(crate::wireguard::Key::from_base64) {
                 None => None,
-                Some(Ok(psk)) => Some(psk),
+                // All zeroes is "no pre-shared key" to both APIs.
+                Some(Ok(psk)) => Some(psk).filter(|k| !k.is_zero()),
                 Some(Err(e)) => {
                     return Err(Error::new(
                         Step::RegisterNetwork,
@@ -255,6 +256,18 @@ pub(super) async fn run(
                 netconf.enable_ipv4,
                 netconf.enable_ipv6,
             );
+            if specs.len() == 2 && specs[0].port == specs[1].port {
+                return Err(Error::new(
+                    Step::RegisterNetwork,
+                    Failure::Backend {
+                        backend: "wireguard",
+                        problem: format!(
+                            "net-conf.json Backend.ListenPort and Backend.ListenPortV6 are both {}: separate mode runs two devices, which need two ports",
+                            specs[0].port
+                        ),
+                    },
+                ));
+            }
             let host = |net: IpNetwork| {
                 IpNetwork::new(net.network(), if net.is_ipv6() { 128 } else { 32 }).map_err(|e| {
                     Error::new(

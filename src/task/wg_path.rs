@@ -15,14 +15,14 @@ use ipnetwork::IpNetwork;
 use tracing::{debug, info, warn};
 
 use super::dataplane::Report;
-use crate::backend::wireguard::{desired_peers, device_update, OwnPublic, WgDeviceSpec};
+use crate::backend::wireguard::{desired_peers, device_update, OwnPublic, Roaming, WgDeviceSpec};
 use crate::backend::Observation;
 use crate::config::WireguardConf;
 use crate::kube_subnet::PeerSnapshot;
 use crate::netlink::{AcceptRa, NetlinkError, NetlinkHandle, EOPNOTSUPP};
 use crate::wireguard::genl::GenlSocket;
 use crate::wireguard::uapi::UapiClient;
-use crate::wireguard::userspace::UserspaceProcess;
+use crate::wireguard::userspace::{socket_owner, SocketOwner, UserspaceProcess};
 use crate::wireguard::{
     Driver, Implementation, Key, PeerChange, PrivateKey, WgError, WireguardSettings,
 };
@@ -45,6 +45,9 @@ pub(crate) struct WgDevicePath {
     pub warned: BTreeMap<String, String>,
     /// Whether a read-only /proc/sys was warned about.
     pub accept_ra_warned: bool,
+    /// Per peer, the endpoint last written (a different one on the device
+    /// with a recent handshake was learnt by WireGuard: roaming, NAT).
+    pub written: BTreeMap<Key, std::net::SocketAddr>,
 }
 
 impl WgDevicePath {
@@ -58,6 +61,7 @@ impl WgDevicePath {
             checked: false,
             warned: BTreeMap::new(),
             accept_ra_warned: false,
+            written: BTreeMap::new(),
         }
     }
 }
@@ -105,22 +109,29 @@ impl WireguardDataPath {
             }
         }
         let socket = self.settings.socket_path(&name);
+        let implementation = self.settings.implementation.clone();
         let mut found = netlink.find_tunnel(&name).await?;
-        // A link with our name that WireGuard does not answer for (a
-        // leftover of another backend) is replaced.
+        let mut owner = socket_owner(&socket, self.netns.as_deref()).await;
+        // A link with our name that is no WireGuard device we can configure
+        // (a leftover of another backend, a userspace device whose
+        // implementation is gone), or not of the forced implementation, is
+        // replaced.
         if let Some(link) = &found {
             let kind = link.kind.as_deref();
-            let userspace_alive = std::os::unix::net::UnixStream::connect(&socket).is_ok();
             let usable = match kind {
-                Some("wireguard") => true,
+                Some("wireguard") => implementation != Implementation::Userspace,
                 // wireguard-go's TUN device: usable while its socket answers.
-                Some("tun") | None => userspace_alive,
+                Some("tun") | None => {
+                    matches!(owner, SocketOwner::Ours(_))
+                        && implementation != Implementation::Kernel
+                }
                 _ => false,
             };
             if !usable {
-                warn!(device = %name, kind = ?kind, "a link called {name} exists but is no WireGuard device; recreating it");
+                warn!(device = %name, kind = ?kind, implementation = implementation.as_str(), "a link called {name} exists but is no WireGuard device this node can configure; recreating it");
                 netlink.delete_link(link.index).await?;
                 found = None;
+                owner = SocketOwner::Nobody;
             }
         }
         let mut created = false;
@@ -171,8 +182,12 @@ impl WireguardDataPath {
             }
         }
         if device.driver.is_none() {
-            // As `wg` does: a control socket means userspace.
-            let driver = if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            if created {
+                owner = socket_owner(&socket, self.netns.as_deref()).await;
+            }
+            // As `wg` does: a control socket (of our namespace) means
+            // userspace.
+            let driver = if matches!(owner, SocketOwner::Ours(_)) {
                 Driver::Userspace(UapiClient::new(&name, &socket))
             } else {
                 Driver::Kernel(
@@ -307,8 +322,14 @@ impl WireguardDataPath {
             )));
         };
         let actual = driver.get(&name).await.map_err(|e| wg_failure(&name, e))?;
-        let (desired, unusable) =
-            desired_peers(&peers.peers, &device.spec, &self.conf, self.psk, &self.own);
+        let (desired, unusable) = desired_peers(
+            &peers.peers,
+            self.public_key,
+            &device.spec,
+            &self.conf,
+            self.psk,
+            &self.own,
+        );
         for bad in &unusable {
             if device.warned.get(&bad.node) != Some(&bad.reason) {
                 warn!(device = %name, peer = %bad.node, "no wireguard peer for node {}: {}", bad.node, bad.reason);
@@ -318,13 +339,19 @@ impl WireguardDataPath {
         device
             .warned
             .retain(|node, _| unusable.iter().any(|u| &u.node == node));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let update = device_update(
             &actual,
-            self.public_key,
-            self.private_key.as_key(),
+            &self.private_key,
             device.spec.port,
             &desired,
             peers.synced,
+            &Roaming {
+                written: &device.written,
+                now,
+            },
         );
         if update.is_empty() {
             return Ok((desired.len(), 0, 1));
@@ -333,6 +360,16 @@ impl WireguardDataPath {
             .set(&name, &update)
             .await
             .map_err(|e| wg_failure(&name, e))?;
+        for change in &update.peers {
+            match change {
+                PeerChange::Set(peer) => {
+                    device.written.insert(peer.public_key, peer.endpoint);
+                }
+                PeerChange::Remove(key) => {
+                    device.written.remove(key);
+                }
+            }
+        }
         let changes = update.peers.len();
         if update.private_key.is_some() || update.listen_port.is_some() {
             info!(device = %name, port = device.spec.port, public_key = %self.public_key, "set the wireguard device's key and port");
@@ -369,13 +406,28 @@ impl WireguardDataPath {
                     Some(*index) == device.index
                         || name.as_deref() == Some(device.spec.name.as_str())
                 }
-                Observation::Address { index, .. } => Some(*index) == device.index,
+                // Only what `ensure_device` manages: the lease address and
+                // addresses inside the cluster network (not the IPv6
+                // link-local address the kernel adds when the device comes
+                // up).
+                Observation::Address { index, address } => {
+                    Some(*index) == device.index
+                        && address.is_none_or(|a| {
+                            device
+                                .addresses
+                                .iter()
+                                .any(|(own, network)| own.ip() == a || network.contains(a))
+                        })
+                }
                 Observation::ForeignRoute { dst, .. } => {
                     device.addresses.iter().any(|(_, network)| network == dst)
                 }
-                Observation::Route { route, .. } => Some(route.oif) == device.index,
-                // Our link route has no gateway: reported as "a route of
-                // ours in a shape we do not know", like lost notifications.
+                // Our cluster-network route: its echo changes nothing; its
+                // deletion, or one of ours pointing elsewhere, does.
+                Observation::LinkRoute { dst, oif, deleted } => {
+                    device.addresses.iter().any(|(_, network)| network == dst)
+                        && (*deleted || Some(*oif) != device.index)
+                }
                 Observation::Overrun | Observation::MonitorEnded => true,
                 _ => false,
             };

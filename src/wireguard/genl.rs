@@ -33,6 +33,8 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PEERS_PER_MESSAGE: usize = 100;
 
 const NETLINK_GENERIC: isize = 16;
+const NLM_F_DUMP_INTR: u16 = 16;
+const DUMP_INTERRUPTED: &str = "the dump was interrupted (the device changed meanwhile)";
 const ENOENT: i32 = 2;
 
 /// A generic netlink socket bound to the `wireguard` family.
@@ -136,10 +138,29 @@ impl GenlSocket {
             attributes: vec![WireguardAttribute::IfName(device.to_string())],
         });
         request.set_resolved_family_id(self.family);
-        let answers = self
-            .exchange("WireGuard get", device, request, NLM_F_REQUEST | NLM_F_DUMP)
-            .await?;
-        Ok(device_state(answers.iter().map(|m| &m.payload)))
+        // A dump the kernel marks as interrupted (the device changed
+        // meanwhile) is read again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self
+                .exchange(
+                    "WireGuard get",
+                    device,
+                    request.clone(),
+                    NLM_F_REQUEST | NLM_F_DUMP,
+                )
+                .await
+            {
+                Err(WgError::Protocol { problem, .. })
+                    if problem == DUMP_INTERRUPTED && attempts < 3 =>
+                {
+                    continue
+                }
+                Err(error) => return Err(error),
+                Ok(answers) => return Ok(device_state(answers.iter().map(|m| &m.payload))),
+            }
+        }
     }
 
     /// WG_CMD_SET_DEVICE for `device`, in as many messages as the peers
@@ -188,6 +209,7 @@ impl GenlSocket {
             message: None,
         })?;
         let mut answers = Vec::new();
+        let mut interrupted = false;
         let collect = async {
             loop {
                 let (datagram, _) = socket.recv_from_full().await.map_err(|e| WgError::Errno {
@@ -214,8 +236,12 @@ impl GenlSocket {
                     if reply.header.sequence_number != seq {
                         continue;
                     }
+                    interrupted |= reply.header.flags & NLM_F_DUMP_INTR != 0;
                     match reply.payload {
                         NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                        NetlinkPayload::Done(_) if interrupted => {
+                            return Err(protocol(DUMP_INTERRUPTED.to_string()))
+                        }
                         NetlinkPayload::Done(_) => return Ok(()),
                         NetlinkPayload::Error(error) => {
                             return match error.code {
@@ -414,7 +440,7 @@ mod tests {
     #[test]
     fn many_peers_are_split_and_the_device_fields_come_first() {
         let update = DeviceUpdate {
-            private_key: Some(Key([9; 32])),
+            private_key: Some(crate::wireguard::PrivateKey([9; 32])),
             listen_port: Some(51820),
             peers: (0..=250u8).map(peer).collect(),
         };

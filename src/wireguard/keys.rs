@@ -8,8 +8,18 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use base64::engine::DecodePaddingMode;
+use base64::{alphabet, Engine};
+
+/// Go's `base64.StdEncoding` as upstream decodes keys with it: padding
+/// required, stray bits in the last digit ignored.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireCanonical),
+);
 
 /// Where upstream flannel keeps the private key (`/run` is a tmpfs: a new
 /// key at every boot unless a distribution points this elsewhere).
@@ -36,7 +46,7 @@ pub enum KeyError {
 impl Key {
     /// Decodes standard base64 (`wg genkey` / annotation form).
     pub fn from_base64(text: &str) -> Result<Key, KeyError> {
-        let bytes = STANDARD
+        let bytes = LENIENT
             .decode(text)
             .map_err(|_| KeyError::Base64(shorten(text)))?;
         let bytes: [u8; 32] = bytes

@@ -108,8 +108,8 @@ impl fmt::Display for PeerChange {
 /// What to write to a device in one go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceUpdate {
-    /// Set the private key (it differs from the device's).
-    pub private_key: Option<Key>,
+    /// Set the private key (it differs from the device's). Never printed.
+    pub private_key: Option<PrivateKey>,
     /// Set the listen port (it differs).
     pub listen_port: Option<u16>,
     /// Peer changes, removals first.

@@ -131,10 +131,12 @@ fn uapi_what(what: &'static str) -> &'static str {
     }
 }
 
+/// Whether the answer's last line is `errno=N` (the answer is complete):
+/// only the tail is looked at, so reading a large answer stays linear.
 fn has_errno_line(answer: &[u8]) -> bool {
-    answer
-        .split(|b| *b == b'\n')
-        .any(|line| line.starts_with(b"errno="))
+    let body = answer.strip_suffix(b"\n\n").unwrap_or(answer);
+    let start = body.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    body[start..].starts_with(b"errno=")
 }
 
 fn check_errno(what: &'static str, device: &str, errno: i64) -> Result<(), WgError> {
@@ -158,7 +160,7 @@ fn check_errno(what: &'static str, device: &str, errno: i64) -> Result<(), WgErr
 pub fn encode_set(update: &DeviceUpdate) -> String {
     let mut out = String::from("set=1\n");
     if let Some(key) = &update.private_key {
-        out.push_str(&format!("private_key={}\n", key.to_hex()));
+        out.push_str(&format!("private_key={}\n", key.as_key().to_hex()));
     }
     if let Some(port) = update.listen_port {
         out.push_str(&format!("listen_port={port}\n"));
@@ -203,9 +205,15 @@ pub fn parse_get(answer: &str) -> Result<(DeviceState, i64), String> {
         let bad = |what: &str| format!("{key}='{value}' is not {what}");
         match key {
             "private_key" => {
-                let private = Key::from_hex(value).map_err(|_| bad("a hex key"))?;
+                // Never in an error message: it is the device's secret.
+                let private = Key::from_hex(value)
+                    .map_err(|_| "private_key=<redacted> is not a hex key".to_string())?;
                 state.public_key =
                     (!private.is_zero()).then(|| super::PrivateKey(private.0).public_key());
+            }
+            // boringtun answers with its public key instead.
+            "own_public_key" => {
+                state.public_key = Some(Key::from_hex(value).map_err(|_| bad("a hex key"))?)
             }
             "listen_port" => state.listen_port = value.parse().map_err(|_| bad("a port"))?,
             "public_key" => {
@@ -233,11 +241,13 @@ pub fn parse_get(answer: &str) -> Result<(DeviceState, i64), String> {
                         peer.preshared_key = (!psk.is_zero()).then_some(psk);
                     }
                     "endpoint" => {
-                        peer.endpoint = Some(
-                            value
-                                .parse::<SocketAddr>()
-                                .map_err(|_| bad("an endpoint"))?,
-                        )
+                        // An endpoint we cannot parse (an IPv6 zone set by
+                        // hand: `[fe80::1%eth0]:51820`) is one we never
+                        // want: as good as none, so the peer is set right.
+                        peer.endpoint = Some(match value.parse::<SocketAddr>() {
+                            Ok(endpoint) => endpoint,
+                            Err(_) => continue,
+                        })
                     }
                     "persistent_keepalive_interval" => {
                         peer.keepalive = value.parse().map_err(|_| bad("a number"))?
@@ -288,7 +298,7 @@ mod tests {
     #[test]
     fn set_request_writes_every_field_and_removals() {
         let update = DeviceUpdate {
-            private_key: Some(key(1)),
+            private_key: Some(crate::wireguard::PrivateKey([1; 32])),
             listen_port: Some(51820),
             peers: vec![
                 PeerChange::Remove(key(2)),

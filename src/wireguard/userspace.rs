@@ -20,6 +20,50 @@ use super::WgError;
 /// How long the program may take to create its device and socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Who answers on a control socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketOwner {
+    /// Nothing answers (no file, or a stale one).
+    Nobody,
+    /// An implementation in the network namespace we work in.
+    Ours(u32),
+    /// An implementation in another network namespace: `/var/run/wireguard`
+    /// is one directory for every namespace that shares the mount
+    /// namespace, so its socket shadows ours.
+    Elsewhere(u32),
+}
+
+/// Connects to `socket` (at most 1 s) and tells, from the peer's
+/// credentials, whether the implementation behind it runs in `netns` (the
+/// caller's own namespace when `None`).
+pub async fn socket_owner(socket: &Path, netns: Option<&Path>) -> SocketOwner {
+    use std::os::unix::fs::MetadataExt;
+    let connect = tokio::net::UnixStream::connect(socket);
+    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(1), connect).await else {
+        return SocketOwner::Nobody;
+    };
+    let Some(pid) = stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok())
+    else {
+        return SocketOwner::Nobody;
+    };
+    let ours = netns.map_or_else(
+        || Path::new("/proc/self/ns/net").to_path_buf(),
+        Path::to_path_buf,
+    );
+    let inode = |path: &Path| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|m| m.ino());
+    match (inode(&ours), theirs) {
+        (Some((_, a)), Some(b)) if a == b => SocketOwner::Ours(pid),
+        _ => SocketOwner::Elsewhere(pid),
+    }
+}
+
 /// A running userspace implementation we started.
 #[derive(Debug)]
 pub struct UserspaceProcess {
@@ -43,11 +87,19 @@ impl UserspaceProcess {
             device: device.to_string(),
             problem,
         };
-        // A socket left by an implementation that died would make the new
-        // one refuse to start ("unix socket in use" is only for live ones,
-        // but a stale file confuses our wait below).
-        if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
-            let _ = std::fs::remove_file(socket);
+        match socket_owner(socket, netns).await {
+            SocketOwner::Elsewhere(pid) => {
+                return Err(fail(format!(
+                    "its control socket {} is taken by a WireGuard implementation (pid {pid}) in another network namespace: every namespace that shares this mount namespace shares {}; run each node with its own /run (a private mount namespace)",
+                    socket.display(),
+                    socket.parent().map_or_else(String::new, |d| d.display().to_string())
+                )))
+            }
+            // A stale file left by an implementation that died.
+            SocketOwner::Nobody if socket.exists() => {
+                let _ = std::fs::remove_file(socket);
+            }
+            _ => {}
         }
         if let Some(dir) = socket.parent() {
             std::fs::create_dir_all(dir)
@@ -110,7 +162,7 @@ impl UserspaceProcess {
                     log_tail(log)
                 )));
             }
-            if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            if let SocketOwner::Ours(_) = socket_owner(socket, netns).await {
                 break;
             }
             if started.elapsed() > START_TIMEOUT {

@@ -50,11 +50,7 @@ pub struct ColdSize {
 
 impl ColdSize {
     fn median_of(&self, f: fn(&ColdRun) -> f64) -> Option<f64> {
-        if self.runs.is_empty() {
-            return None;
-        }
-        let values: Vec<f64> = self.runs.iter().map(f).collect();
-        Some(report::median(&values))
+        report::median_of(&self.runs, f)
     }
 
     /// Median agent seconds.

@@ -8,6 +8,7 @@ pub mod peerset;
 pub mod plane;
 pub mod report;
 pub mod suite;
+pub mod wireguard;
 
 /// The message of a caught panic (`&str` or `String` payloads).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -776,8 +776,7 @@ pub struct DataPlane {
 
 impl DataPlane {
     fn median_of(&self, f: fn(&DataPlaneRun) -> f64) -> f64 {
-        let values: Vec<f64> = self.runs.iter().map(f).collect();
-        report::median(&values)
+        report::median_of(&self.runs, f).unwrap_or(0.0)
     }
 
     /// Median overlay/underlay percentage over the runs.

@@ -84,6 +84,15 @@ pub fn opt(value: Option<f64>, decimals: usize) -> String {
     value.map(|v| num(v, decimals)).unwrap_or_default()
 }
 
+/// The median of `f` over `runs`, `None` when there are none.
+pub fn median_of<T>(runs: &[T], f: impl Fn(&T) -> f64) -> Option<f64> {
+    if runs.is_empty() {
+        return None;
+    }
+    let values: Vec<f64> = runs.iter().map(f).collect();
+    Some(median(&values))
+}
+
 /// Median (mean of the middle two for an even count); 0 for no values.
 pub fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();

@@ -14,6 +14,7 @@ use super::cold::{self, ColdSync};
 use super::peerset::{self, PeerSet};
 use super::plane::{self, CniOverhead, DataPlane};
 use super::report::{self, BenchResult, Goal, ScenarioRun, Status};
+use super::wireguard::{self, WgColdSync, WgThroughput};
 
 /// The default output directory: `target/bench` of the workspace the
 /// running binary was built in (`<dir>/target/<profile>/flannel-bench`),
@@ -160,6 +161,11 @@ pub const ALL_CHURN: (u32, u32, u32) = (5000, 20, 60);
 pub const ALL_CNI_PODS: u32 = 200;
 /// Data plane of `all`: iperf3 seconds, runs.
 pub const ALL_DATA_PLANE: (u32, usize) = (5, 3);
+/// wireguard cold-sync sizes and runs of `all` (userspace wireguard-go:
+/// modest sizes, so both wireguard scenarios stay under two minutes).
+pub const ALL_WG_COLD_SYNC: [(u32, usize); 3] = [(100, 3), (1000, 3), (5000, 3)];
+/// wireguard throughput of `all`: iperf3 seconds, runs.
+pub const ALL_WG_THROUGHPUT: (u32, usize) = (5, 3);
 /// First-PeerSet sizes and runs of `all`.
 pub const ALL_PEERS: ([u32; 3], usize) = ([1000, 5000, 10000], 3);
 /// The time budget of `all`.
@@ -203,6 +209,27 @@ pub async fn all(out: &Path) -> bool {
     let (seconds, plane_runs) = ALL_DATA_PLANE;
     let (data, run_) = run("data-plane", out, plane::data_plane(seconds, plane_runs)).await;
     runs.push(run_);
+    pause().await;
+
+    heading("wg-cold-sync");
+    let (wg_cold, run_) = run(
+        "wg-cold-sync",
+        out,
+        wireguard::wg_cold_sync(&ALL_WG_COLD_SYNC),
+    )
+    .await;
+    runs.push(run_);
+    pause().await;
+
+    heading("wg-throughput");
+    let (seconds, wg_runs) = ALL_WG_THROUGHPUT;
+    let (wg_throughput, run_) = run(
+        "wg-throughput",
+        out,
+        wireguard::wg_throughput(seconds, wg_runs),
+    )
+    .await;
+    runs.push(run_);
 
     heading("peers");
     let (sizes, peer_runs) = ALL_PEERS;
@@ -223,6 +250,11 @@ pub async fn all(out: &Path) -> bool {
     goals.push(rss_goal(churn.as_ref(), cold.as_ref(), &error_of("churn")));
     goals.push(cni_goal(cni.as_ref(), &error_of("cni")));
     goals.extend(data_plane_goals(data.as_ref(), &error_of("data-plane")));
+    goals.extend(wg_cold_rows(wg_cold.as_ref(), &error_of("wg-cold-sync")));
+    goals.push(wg_throughput_row(
+        wg_throughput.as_ref(),
+        &error_of("wg-throughput"),
+    ));
     goals.push(peers_row(peer_set.as_ref(), &error_of("peers")));
     goals.push(Goal {
         scenario: "all".into(),
@@ -441,6 +473,68 @@ fn data_plane_goals(data: Option<&DataPlane>, error: &str) -> Vec<Goal> {
     ]
 }
 
+/// One figure-only row per wireguard cold-sync size: the agent against one
+/// `wg setconf` into a running wireguard-go (whose start-up only the agent
+/// pays).
+fn wg_cold_rows(cold: Option<&WgColdSync>, error: &str) -> Vec<Goal> {
+    let name = |peers: u32| {
+        format!(
+            "wireguard cold sync, {} peers: agent / wg setconf (no goal)",
+            report::thousands(peers.into())
+        )
+    };
+    let Some(cold) = cold else {
+        return ALL_WG_COLD_SYNC
+            .iter()
+            .map(|&(peers, _)| Goal::failed("wg-cold-sync", &name(peers), "-", error))
+            .collect();
+    };
+    cold.sizes
+        .iter()
+        .map(|size| {
+            match (size.ratio(), size.agent(), size.floor(), size.uapi()) {
+                (Some(ratio), Some(agent), Some(floor), Some(uapi)) => Goal {
+                    scenario: "wg-cold-sync".into(),
+                    name: name(size.peers),
+                    target: "-".into(),
+                    figure: format!(
+                        "{ratio:.2}x (agent {agent:.3} s incl. wireguard-go start, setconf {floor:.3} s, raw UAPI {uapi:.3} s, median of {})",
+                        size.runs.len()
+                    ),
+                    status: Status::Measured,
+                },
+                _ => Goal::failed(
+                    "wg-cold-sync",
+                    &name(size.peers),
+                    "-",
+                    size.error.as_deref().unwrap_or(error),
+                ),
+            }
+        })
+        .collect()
+}
+
+fn wg_throughput_row(data: Option<&WgThroughput>, error: &str) -> Goal {
+    let name = "wireguard-go tunnel TCP / underlay TCP (iperf3, no goal)";
+    match data {
+        Some(data) => Goal {
+            scenario: "wg-throughput".into(),
+            name: name.into(),
+            target: "-".into(),
+            figure: format!(
+                "{:.1}% ({:.0} / {:.0} Mbit/s, wireguard-go {:.0}% of a core, median of {})",
+                data.ratio_percent(),
+                data.overlay_bps() / 1e6,
+                data.underlay_bps() / 1e6,
+                data.wg_go_cpu_percent(),
+                data.runs.len()
+            ),
+            status: Status::Measured,
+        },
+        None => Goal::failed("wg-throughput", name, "-", error),
+    }
+}
+
 fn peers_row(peers: Option<&PeerSet>, error: &str) -> Goal {
     let name = "first complete PeerSet (no goal)";
     match peers {
@@ -499,6 +593,49 @@ mod tests {
                 .as_deref(),
             Some("a\n1\n")
         );
+    }
+
+    #[test]
+    fn wireguard_rows_are_figures_or_failures() {
+        let failed = wg_cold_rows(None, "no result");
+        assert_eq!(failed.len(), ALL_WG_COLD_SYNC.len());
+        assert!(failed
+            .iter()
+            .all(|g| g.status == Status::Failed("no result".into())));
+        let run = wireguard::WgColdRun {
+            agent_seconds: 2.0,
+            setconf_seconds: 1.0,
+            uapi_seconds: 0.9,
+            wg_start_seconds: 0.02,
+            agent_peak_rss_mib: 20.0,
+            agent_cpu_seconds: 0.1,
+            wg_go_rss_mib: 100.0,
+        };
+        let cold = WgColdSync {
+            sizes: vec![
+                wireguard::WgColdSize {
+                    peers: 5000,
+                    runs_wanted: 1,
+                    runs: vec![run],
+                    error: None,
+                },
+                wireguard::WgColdSize {
+                    peers: 100,
+                    runs_wanted: 1,
+                    runs: Vec::new(),
+                    error: Some("it broke".into()),
+                },
+            ],
+            wireguard_go: "v0".into(),
+            machine: "m".into(),
+        };
+        let rows = wg_cold_rows(Some(&cold), "unused");
+        assert_eq!(rows[0].status, Status::Measured);
+        assert!(rows[0].name.contains("5,000 peers"), "{:?}", rows[0]);
+        assert!(rows[0].figure.starts_with("2.00x"), "{:?}", rows[0]);
+        assert_eq!(rows[1].status, Status::Failed("it broke".into()));
+        let row = wg_throughput_row(None, "lab up: no");
+        assert_eq!(row.status, Status::Failed("lab up: no".into()));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - `flannel-bench peers [--nodes 1000,5000,10000]`: time from starting
 //!   the Node watch (API server already up and filled) to the first
 //!   complete PeerSet, at each cluster size.
-//! - `events`, `churn`, `cni`, `data-plane`, `cold-sync`: see `--help`.
+//! - `events`, `churn`, `cni`, `data-plane`, `cold-sync`, `wg-cold-sync`,
+//!   `wg-throughput`: see `--help`.
 //! - `flannel-bench all`: every scenario in turn with its default sizes,
 //!   then a summary of the goals (met / not met / failed) and the total
 //!   wall time; exits non-zero when a scenario failed.
@@ -12,7 +13,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use integration::bench::{api, cold, peerset, plane, suite};
+use integration::bench::{api, cold, peerset, plane, suite, wireguard};
 
 #[derive(Parser)]
 #[command(
@@ -92,12 +93,41 @@ enum Scenario {
         #[arg(long, default_value_t = 1)]
         runs: usize,
     },
+    /// wireguard-native cold sync on the userspace path (wireguard-go): a
+    /// `flannel-agent --flannel-backend wireguard-native` process in a
+    /// fresh namespace programs N peers (API already up) until subnet.env;
+    /// the floor is one `wg setconf` of the same peers into an already
+    /// running wireguard-go in a twin namespace (its start-up, which the
+    /// agent's figure includes, not counted), and the agent's own UAPI
+    /// set=1 request written straight to its socket. Every wireguard-go
+    /// runs with a private /run. Writes wg-cold-sync.csv.
+    WgColdSync {
+        /// Peer counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [100u32, 1000, 5000])]
+        peers: Vec<u32>,
+        /// Runs per size, agent and floors interleaved (medians printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// Pod-to-pod iperf3 TCP through the wireguard-go tunnel of a 2-node
+    /// wireguard-native lab vs node-to-node over the bare underlay, with
+    /// the CPU wireguard-go uses. Writes wg-throughput.csv.
+    WgThroughput {
+        /// iperf3 seconds per path and run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Runs, tunnel and underlay interleaved (medians printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The `cni` scenario's measured loop, run by the scenario itself inside
     /// the node (spec as JSON on stdin, samples as JSON on stdout).
     #[command(hide = true)]
     CniLoop,
     /// Every scenario with its default sizes (cold sync 1,000 and 5,000
-    /// peers 3 runs, 10,000 and 20,000 one run; data plane 3 runs), then
+    /// peers 3 runs, 10,000 and 20,000 one run; data plane 3 runs;
+    /// wireguard cold sync 100, 1,000 and 5,000 peers 3 runs; wireguard
+    /// throughput 3 runs), then
     /// the goal summary and the total wall time. A failing scenario does
     /// not stop the others; the exit status is non-zero if any failed.
     All,
@@ -167,6 +197,23 @@ fn main() -> std::process::ExitCode {
                     .error
                     .is_none()
             }
+            Scenario::WgColdSync { peers, runs } => {
+                let plan: Vec<(u32, usize)> = peers.iter().map(|&p| (p, runs)).collect();
+                suite::run("wg-cold-sync", &out, wireguard::wg_cold_sync(&plan))
+                    .await
+                    .1
+                    .error
+                    .is_none()
+            }
+            Scenario::WgThroughput { seconds, runs } => suite::run(
+                "wg-throughput",
+                &out,
+                wireguard::wg_throughput(seconds, runs),
+            )
+            .await
+            .1
+            .error
+            .is_none(),
             Scenario::All => suite::all(&out).await,
             Scenario::CniLoop => false,
         }
