@@ -81,11 +81,6 @@ pub(crate) struct WireguardDataPath {
     pub devices: Vec<WgDevicePath>,
 }
 
-/// Why a device pass could not run (the report names the device).
-fn wg_failure(_device: &str, error: WgError) -> NetlinkError {
-    NetlinkError::Wireguard(error)
-}
-
 impl WireguardDataPath {
     /// Makes every device exist and be right (start-up: peers need our key
     /// only, but a device that cannot be made is better known early).
@@ -98,16 +93,9 @@ impl WireguardDataPath {
 
     async fn ensure_device(&mut self, i: usize) -> Result<(), NetlinkError> {
         let netlink = self.netlink.clone();
-        let device = &mut self.devices[i];
-        let name = device.spec.name.clone();
-        if let Some(process) = device.process.as_mut() {
-            if let Some(why) = process.ended() {
-                warn!(device = %name, "{why}; starting it again");
-                device.process = None;
-                device.driver = None;
-                device.index = None;
-            }
-        }
+        // (A userspace implementation that ended is noticed by the pass,
+        // before it asks for this.)
+        let name = self.devices[i].spec.name.clone();
         let socket = self.settings.socket_path(&name);
         let implementation = self.settings.implementation.clone();
         let mut found = netlink.find_tunnel(&name).await?;
@@ -193,7 +181,7 @@ impl WireguardDataPath {
                 Driver::Kernel(
                     GenlSocket::open(self.netns.as_deref())
                         .await
-                        .map_err(|e| wg_failure(&name, e))?,
+                        .map_err(NetlinkError::from)?,
                 )
             };
             debug!(device = %name, driver = driver.kind(), "configuring through the {} interface", driver.kind());
@@ -232,12 +220,9 @@ impl WireguardDataPath {
                         false
                     }
                     Err((Some(EOPNOTSUPP), error)) => {
-                        return Err(wg_failure(
-                            &name,
-                            WgError::NoKernelSupport(format!(
-                                "{error}; the wireguard implementation is set to kernel"
-                            )),
-                        ))
+                        return Err(NetlinkError::from(WgError::NoKernelSupport(format!(
+                            "{error}; the wireguard implementation is set to kernel"
+                        ))))
                     }
                     Err((_, error)) => return Err(error),
                 }
@@ -255,7 +240,7 @@ impl WireguardDataPath {
             &log,
         )
         .await
-        .map_err(|e| wg_failure(&name, e))?;
+        .map_err(NetlinkError::from)?;
         info!(
             device = %name,
             pid = process.pid(),
@@ -321,7 +306,7 @@ impl WireguardDataPath {
                 "{name}: no way to configure it"
             )));
         };
-        let actual = driver.get(&name).await.map_err(|e| wg_failure(&name, e))?;
+        let actual = driver.get(&name).await.map_err(NetlinkError::from)?;
         let (desired, unusable) = desired_peers(
             &peers.peers,
             self.public_key,
@@ -359,7 +344,7 @@ impl WireguardDataPath {
         driver
             .set(&name, &update)
             .await
-            .map_err(|e| wg_failure(&name, e))?;
+            .map_err(NetlinkError::from)?;
         for change in &update.peers {
             match change {
                 PeerChange::Set(peer) => {
