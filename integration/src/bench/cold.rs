@@ -36,23 +36,9 @@ pub struct ColdRun {
 }
 
 /// Every run at one peer count.
-#[derive(Debug, Clone)]
-pub struct ColdSize {
-    /// Peers in the API server.
-    pub peers: u32,
-    /// Runs asked for.
-    pub runs_wanted: usize,
-    /// Runs that completed.
-    pub runs: Vec<ColdRun>,
-    /// What failed at this size, if anything.
-    pub error: Option<String>,
-}
+pub type ColdSize = report::SizeRuns<ColdRun>;
 
 impl ColdSize {
-    fn median_of(&self, f: fn(&ColdRun) -> f64) -> Option<f64> {
-        report::median_of(&self.runs, f)
-    }
-
     /// Median agent seconds.
     pub fn agent(&self) -> Option<f64> {
         self.median_of(|r| r.agent_seconds)
@@ -102,17 +88,7 @@ impl ColdSync {
     }
 
     fn runs_label(&self) -> String {
-        let first = self.sizes.first().map_or(1, |s| s.runs_wanted);
-        if self.sizes.iter().all(|s| s.runs_wanted == first) {
-            format!("{first} run(s)")
-        } else {
-            let each: Vec<String> = self
-                .sizes
-                .iter()
-                .map(|s| format!("{}: {}", report::thousands(s.peers.into()), s.runs_wanted))
-                .collect();
-            format!("runs per size {}", each.join(", "))
-        }
+        report::runs_label(&self.sizes)
     }
 
     /// `cold-sync.svg`: seconds against peers, agent vs both floors.
@@ -277,20 +253,11 @@ pub async fn cold_sync(plan: &[(u32, usize)]) -> Result<ColdSync, String> {
     };
     for &(peers, runs) in plan {
         let runs = runs.max(1);
-        let mut size = ColdSize {
-            peers,
-            runs_wanted: runs,
-            runs: Vec::new(),
-            error: None,
-        };
+        let mut size = ColdSize::new(peers, runs);
         let measured = AssertUnwindSafe(measure_size(&agent, peers, runs, &mut size.runs))
             .catch_unwind()
             .await;
-        size.error = match measured {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(panic) => Some(super::panic_message(panic.as_ref())),
-        };
+        size.finish(measured);
         result.sizes.push(size);
     }
     Ok(result)

@@ -847,28 +847,18 @@ impl BenchResult for DataPlane {
             },
             if self.mtu_exact() { "met" } else { "NOT met" }
         );
-        if runs > 1 {
-            let each: Vec<String> = self
-                .runs
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{:.2}/{:.2} Gbit/s {:.1}%",
-                        r.overlay_bps / 1e9,
-                        r.underlay_bps / 1e9,
-                        r.ratio_percent()
-                    )
-                })
-                .collect();
-            let _ = writeln!(out, "  runs (overlay/underlay): {}", each.join("; "));
-        }
-        if !self.teardown_problems.is_empty() {
-            let _ = writeln!(
-                out,
-                "  teardown problems: {}",
-                self.teardown_problems.join("; ")
-            );
-        }
+        let each: Vec<(f64, f64, f64)> = self
+            .runs
+            .iter()
+            .map(|r| (r.overlay_bps, r.underlay_bps, r.ratio_percent()))
+            .collect();
+        report::runs_and_teardown(
+            &mut out,
+            "overlay/underlay",
+            &each,
+            (1e9, "Gbit/s", 2),
+            &self.teardown_problems,
+        );
         out
     }
 
@@ -929,24 +919,38 @@ impl BenchResult for DataPlane {
 pub fn data_plane_blocking(seconds: u32, runs: usize) -> Result<DataPlane, String> {
     let seconds = seconds.max(1);
     let runs = runs.max(1);
+    let (mut result, problems) =
+        with_two_node_lab("bplane", "vxlan", Duration::from_secs(20), |lab, setup| {
+            measure(lab, seconds, runs, setup)
+        })?;
+    result.teardown_problems = problems;
+    Ok(result)
+}
+
+/// Runs `measure` with a 2-node lab of `backend` (one pod per node, agents
+/// logging warnings only) and the seconds its set-up took, then tears the
+/// lab down; returns the result and what the teardown could not remove.
+pub(super) fn with_two_node_lab<T>(
+    tag: &str,
+    backend: &str,
+    wait: Duration,
+    measure: impl FnOnce(&Lab, f64) -> Result<T, String>,
+) -> Result<(T, Vec<String>), String> {
     let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let mut options = Options::for_tests("bplane", &tmp.path().join("lab"));
+    let mut options = Options::for_tests(tag, &tmp.path().join("lab"));
     options.nodes = 2;
-    options.backend = "vxlan".into();
+    options.backend = backend.into();
     options.pods_per_node = 1;
     options.rust_log = "warn".into();
-    options.wait = Duration::from_secs(20);
+    options.wait = wait;
     let built = Instant::now();
     let lab = Lab::up(&options, &mut |_| {}).map_err(|e| format!("lab up: {e}"))?;
-    let setup_seconds = built.elapsed().as_secs_f64();
-    let result = measure(&lab, seconds, runs, setup_seconds);
+    let result = measure(&lab, built.elapsed().as_secs_f64());
     let problems = match lab.down() {
         Ok(problems) => problems,
         Err(e) => vec![e.to_string()],
     };
-    let mut result = result?;
-    result.teardown_problems = problems;
-    Ok(result)
+    Ok((result?, problems))
 }
 
 fn measure(lab: &Lab, seconds: u32, runs: usize, setup_seconds: f64) -> Result<DataPlane, String> {

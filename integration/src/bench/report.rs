@@ -84,6 +84,91 @@ pub fn opt(value: Option<f64>, decimals: usize) -> String {
     value.map(|v| num(v, decimals)).unwrap_or_default()
 }
 
+/// Every run of a scenario at one size (peer count), and what stopped it.
+#[derive(Debug, Clone)]
+pub struct SizeRuns<R> {
+    /// Peers in the API server.
+    pub peers: u32,
+    /// Runs asked for.
+    pub runs_wanted: usize,
+    /// Runs that completed.
+    pub runs: Vec<R>,
+    /// What failed at this size, if anything.
+    pub error: Option<String>,
+}
+
+impl<R> SizeRuns<R> {
+    /// No runs yet at `peers`, `runs_wanted` of them asked for.
+    pub fn new(peers: u32, runs_wanted: usize) -> Self {
+        SizeRuns {
+            peers,
+            runs_wanted,
+            runs: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The median of `f` over the completed runs.
+    pub fn median_of(&self, f: impl Fn(&R) -> f64) -> Option<f64> {
+        median_of(&self.runs, f)
+    }
+
+    /// Records how measuring this size ended: an error or a panic is the
+    /// size's error (the runs before it stay).
+    pub fn finish(&mut self, outcome: std::thread::Result<Result<(), String>>) {
+        self.error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(panic) => Some(super::panic_message(panic.as_ref())),
+        };
+    }
+}
+
+/// "3 run(s)", or the runs per size when they differ.
+pub fn runs_label<R>(sizes: &[SizeRuns<R>]) -> String {
+    let first = sizes.first().map_or(1, |s| s.runs_wanted);
+    if sizes.iter().all(|s| s.runs_wanted == first) {
+        format!("{first} run(s)")
+    } else {
+        let each: Vec<String> = sizes
+            .iter()
+            .map(|s| format!("{}: {}", thousands(s.peers.into()), s.runs_wanted))
+            .collect();
+        format!("runs per size {}", each.join(", "))
+    }
+}
+
+/// An iperf3 scenario's closing lines: with more than one run, each run's
+/// `(overlay, underlay, ratio %)` in `unit` (`1e9, "Gbit/s", 2` or
+/// `1e6, "Mbit/s", 0`) on one line headed `label`; then what the teardown
+/// could not remove, if anything.
+pub fn runs_and_teardown(
+    out: &mut String,
+    label: &str,
+    runs: &[(f64, f64, f64)],
+    (divisor, unit, decimals): (f64, &str, usize),
+    teardown_problems: &[String],
+) {
+    use std::fmt::Write as _;
+    if runs.len() > 1 {
+        let each: Vec<String> = runs
+            .iter()
+            .map(|(overlay, underlay, ratio)| {
+                format!(
+                    "{:.d$}/{:.d$} {unit} {ratio:.1}%",
+                    overlay / divisor,
+                    underlay / divisor,
+                    d = decimals
+                )
+            })
+            .collect();
+        let _ = writeln!(out, "  runs ({label}): {}", each.join("; "));
+    }
+    if !teardown_problems.is_empty() {
+        let _ = writeln!(out, "  teardown problems: {}", teardown_problems.join("; "));
+    }
+}
+
 /// The median of `f` over `runs`, `None` when there are none.
 pub fn median_of<T>(runs: &[T], f: impl Fn(&T) -> f64) -> Option<f64> {
     if runs.is_empty() {

@@ -43,7 +43,7 @@ use super::report::{self, BenchResult, Csv};
 use crate::apiserver::{ready_node, Options as ApiOptions, TestApiServer};
 use crate::fixtures::{wireguard_peer, PREFIX};
 use crate::lab::wg::parse_dump;
-use crate::lab::{processes_in_netns, Family, Lab, Options};
+use crate::lab::{processes_in_netns, Family, Lab};
 use crate::netns::TestNetns;
 
 const NETCONF: &str = r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "wireguard", "PersistentKeepaliveInterval": 25}}"#;
@@ -481,23 +481,9 @@ pub struct WgColdRun {
 }
 
 /// Every run at one peer count.
-#[derive(Debug, Clone)]
-pub struct WgColdSize {
-    /// Peers in the API server.
-    pub peers: u32,
-    /// Runs asked for.
-    pub runs_wanted: usize,
-    /// Runs that completed.
-    pub runs: Vec<WgColdRun>,
-    /// What failed at this size, if anything.
-    pub error: Option<String>,
-}
+pub type WgColdSize = report::SizeRuns<WgColdRun>;
 
 impl WgColdSize {
-    fn median_of(&self, f: fn(&WgColdRun) -> f64) -> Option<f64> {
-        report::median_of(&self.runs, f)
-    }
-
     /// Median agent seconds.
     pub fn agent(&self) -> Option<f64> {
         self.median_of(|r| r.agent_seconds)
@@ -557,17 +543,7 @@ impl WgColdSync {
     }
 
     fn runs_label(&self) -> String {
-        let first = self.sizes.first().map_or(1, |s| s.runs_wanted);
-        if self.sizes.iter().all(|s| s.runs_wanted == first) {
-            format!("{first} run(s)")
-        } else {
-            let each: Vec<String> = self
-                .sizes
-                .iter()
-                .map(|s| format!("{}: {}", report::thousands(s.peers.into()), s.runs_wanted))
-                .collect();
-            format!("runs per size {}", each.join(", "))
-        }
+        report::runs_label(&self.sizes)
     }
 }
 
@@ -720,20 +696,11 @@ pub fn wg_cold_sync_blocking(plan: &[(u32, usize)]) -> Result<WgColdSync, String
     };
     for &(peers, runs) in plan {
         let runs = runs.max(1);
-        let mut size = WgColdSize {
-            peers,
-            runs_wanted: runs,
-            runs: Vec::new(),
-            error: None,
-        };
+        let mut size = WgColdSize::new(peers, runs);
         let measured = std::panic::catch_unwind(AssertUnwindSafe(|| {
             measure_size(&agent, peers, runs, &mut size.runs)
         }));
-        size.error = match measured {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
-            Err(panic) => Some(super::panic_message(panic.as_ref())),
-        };
+        size.finish(measured);
         result.sizes.push(size);
     }
     Ok(result)
@@ -1210,28 +1177,18 @@ impl BenchResult for WgThroughput {
             self.wg_go_cpu_percent(),
             report::machine()
         );
-        if runs > 1 {
-            let each: Vec<String> = self
-                .runs
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{:.0}/{:.0} Mbit/s {:.1}%",
-                        r.overlay_bps / 1e6,
-                        r.underlay_bps / 1e6,
-                        r.ratio_percent()
-                    )
-                })
-                .collect();
-            let _ = writeln!(out, "  runs (tunnel/underlay): {}", each.join("; "));
-        }
-        if !self.teardown_problems.is_empty() {
-            let _ = writeln!(
-                out,
-                "  teardown problems: {}",
-                self.teardown_problems.join("; ")
-            );
-        }
+        let each: Vec<(f64, f64, f64)> = self
+            .runs
+            .iter()
+            .map(|r| (r.overlay_bps, r.underlay_bps, r.ratio_percent()))
+            .collect();
+        report::runs_and_teardown(
+            &mut out,
+            "tunnel/underlay",
+            &each,
+            (1e6, "Mbit/s", 0),
+            &self.teardown_problems,
+        );
         out
     }
 
@@ -1289,22 +1246,12 @@ pub async fn wg_throughput(seconds: u32, runs: usize) -> Result<WgThroughput, St
 pub fn wg_throughput_blocking(seconds: u32, runs: usize) -> Result<WgThroughput, String> {
     let seconds = seconds.max(1);
     let runs = runs.max(1);
-    let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
-    let mut options = Options::for_tests("bwgtp", &tmp.path().join("lab"));
-    options.nodes = 2;
-    options.backend = "wireguard-native".into();
-    options.pods_per_node = 1;
-    options.rust_log = "warn".into();
-    options.wait = Duration::from_secs(30);
-    let built = Instant::now();
-    let lab = Lab::up(&options, &mut |_| {}).map_err(|e| format!("lab up: {e}"))?;
-    let setup_seconds = built.elapsed().as_secs_f64();
-    let result = measure_throughput(&lab, seconds, runs, setup_seconds);
-    let problems = match lab.down() {
-        Ok(problems) => problems,
-        Err(e) => vec![e.to_string()],
-    };
-    let mut result = result?;
+    let (mut result, problems) = super::plane::with_two_node_lab(
+        "bwgtp",
+        "wireguard-native",
+        Duration::from_secs(30),
+        |lab, setup| measure_throughput(lab, seconds, runs, setup),
+    )?;
     result.teardown_problems = problems;
     Ok(result)
 }
