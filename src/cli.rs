@@ -20,7 +20,8 @@
 use std::path::PathBuf;
 
 use crate::config::{
-    Backend, Config, ConfigError, DEFAULT_CLUSTER_CIDR, DEFAULT_DATA_DIR, DEFAULT_SUBNET_FILE,
+    Backend, Config, ConfigBuilder, ConfigError, DEFAULT_CLUSTER_CIDR, DEFAULT_DATA_DIR,
+    DEFAULT_SUBNET_FILE,
 };
 
 /// The flags k3s offers for its embedded flannel, with k3s's defaults.
@@ -94,6 +95,12 @@ impl FlannelFlags {
     /// Validates the flags and builds a [`Config`]. The backend is checked
     /// first, so a removed or unknown backend is the message a user sees.
     pub fn to_config(&self) -> Result<Config, ConfigError> {
+        self.to_builder()?.build()
+    }
+
+    /// The flags as a [`ConfigBuilder`], for a host that sets more (such as
+    /// [`ConfigBuilder::api_credential`]) before building.
+    pub fn to_builder(&self) -> Result<ConfigBuilder, ConfigError> {
         let backend = self.backend()?;
         let node_name = match &self.node_name {
             Some(name) => name.clone(),
@@ -131,10 +138,9 @@ impl FlannelFlags {
                     setting: "--wireguard-implementation",
                     problem,
                 })?;
-        builder
+        Ok(builder
             .wireguard_implementation(implementation)
-            .wireguard_userspace_program(&self.wireguard_userspace_program)
-            .build()
+            .wireguard_userspace_program(&self.wireguard_userspace_program))
     }
 }
 

@@ -322,7 +322,13 @@ async fn the_peer_set_converges_through_dropped_watches_errors_and_restarts() {
     server.create_nodes((1..=300).map(vxlan_peer)).unwrap();
     let ctx = peer_context("node-a");
     let (publish, mut peers) = watch::channel(PeerSnapshot::default());
-    let watcher = tokio::spawn(watch_peers(server.client().unwrap(), ctx.clone(), publish));
+    let watcher = tokio::spawn(watch_peers(
+        server.client().unwrap(),
+        ctx.clone(),
+        publish,
+        "test credential".into(),
+        |_| {},
+    ));
     {
         converges(&server, &ctx, &mut peers, Duration::from_secs(20))
             .await

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -66,7 +66,12 @@ fn main() -> ExitCode {
         )
         .init();
 
-    let config = match args.flannel.to_config() {
+    let credential = describe_credential(args.kubeconfig.as_deref());
+    let config = match args
+        .flannel
+        .to_builder()
+        .and_then(|builder| builder.api_credential(credential).build())
+    {
         Ok(config) => config,
         Err(e) => {
             error!("{e}");
@@ -272,6 +277,60 @@ async fn shutdown(handle: flannel_embed::Handle, signal: &str) -> ExitCode {
     }
 }
 
+/// Where kube-rs looks when no kubeconfig is given, after `$KUBECONFIG`.
+const IN_CLUSTER_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Names the credential the client will present, for the task's 401/403
+/// messages: the kubeconfig, its user and the kind of credential, or the
+/// in-cluster service-account token (the order `kube::Config::infer`
+/// tries them in).
+fn describe_credential(kubeconfig: Option<&Path>) -> String {
+    describe_credential_with_home(kubeconfig, std::env::var_os("HOME").map(PathBuf::from))
+}
+
+fn describe_credential_with_home(kubeconfig: Option<&Path>, home: Option<PathBuf>) -> String {
+    let home_config = home.map(|home| home.join(".kube/config"));
+    let path = match kubeconfig {
+        Some(path) => Some(path.to_path_buf()),
+        None => home_config.filter(|p| p.exists()),
+    };
+    let Some(path) = path else {
+        return format!("the in-cluster service account token {IN_CLUSTER_TOKEN}");
+    };
+    let Ok(kubeconfig) = kube::config::Kubeconfig::read_from(&path) else {
+        return format!("kubeconfig {}", path.display());
+    };
+    let user = kubeconfig
+        .current_context
+        .as_ref()
+        .and_then(|current| kubeconfig.contexts.iter().find(|c| &c.name == current))
+        .and_then(|named| named.context.as_ref())
+        .and_then(|context| context.user.clone());
+    let auth = user.as_ref().and_then(|user| {
+        kubeconfig
+            .auth_infos
+            .iter()
+            .find(|a| &a.name == user)
+            .and_then(|a| a.auth_info.as_ref())
+    });
+    let kind = match auth {
+        Some(a) if a.client_certificate.is_some() || a.client_certificate_data.is_some() => {
+            "client certificate".to_string()
+        }
+        Some(a) if a.token_file.is_some() => {
+            format!("token file {}", a.token_file.as_deref().unwrap_or_default())
+        }
+        Some(a) if a.token.is_some() => "bearer token".to_string(),
+        Some(a) if a.exec.is_some() => "exec credential plugin".to_string(),
+        Some(a) if a.username.is_some() => "basic auth".to_string(),
+        _ => "no credential".to_string(),
+    };
+    match user {
+        Some(user) => format!("kubeconfig {} (user {user:?}, {kind})", path.display()),
+        None => format!("kubeconfig {} ({kind})", path.display()),
+    }
+}
+
 async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client, String> {
     let config = match &kubeconfig {
         Some(path) => {
@@ -286,4 +345,55 @@ async fn kube_client(kubeconfig: Option<PathBuf>) -> Result<kube::Client, String
         })?,
     };
     kube::Client::try_from(config).map_err(|e| format!("cannot build the Kubernetes client: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kubeconfig(dir: &Path, user: &str) -> PathBuf {
+        let path = dir.join(format!(
+            "kubeconfig-{}",
+            dir.read_dir().map(|d| d.count()).unwrap_or(0)
+        ));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:6443\ncontexts:\n- name: x\n  context:\n    cluster: c\n    user: flannel\ncurrent-context: x\nusers:\n- name: flannel\n  user:\n{user}"
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_credential_is_named_as_the_client_will_use_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "    client-certificate-data: AAAA\n    client-key-data: AAAA\n",
+                "(user \"flannel\", client certificate)",
+            ),
+            (
+                "    tokenFile: /run/token\n",
+                "(user \"flannel\", token file /run/token)",
+            ),
+            ("    token: abc\n", "(user \"flannel\", bearer token)"),
+            ("    {}\n", "(user \"flannel\", no credential)"),
+        ];
+        for (user, wanted) in cases {
+            let path = kubeconfig(dir.path(), user);
+            let text = describe_credential_with_home(Some(&path), None);
+            assert_eq!(text, format!("kubeconfig {} {wanted}", path.display()));
+        }
+        // No kubeconfig and none in $HOME: kube-rs goes in-cluster.
+        let empty_home = tempfile::tempdir().unwrap();
+        assert_eq!(
+            describe_credential_with_home(None, Some(empty_home.path().to_path_buf())),
+            format!("the in-cluster service account token {IN_CLUSTER_TOKEN}")
+        );
+        // An unreadable file is still named.
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            describe_credential_with_home(Some(&missing), None),
+            format!("kubeconfig {}", missing.display())
+        );
+    }
 }

@@ -241,7 +241,11 @@ pub struct Config {
     netns: Option<PathBuf>,
     set_node_network_unavailable: bool,
     wireguard: WireguardSettings,
+    api_credential: String,
 }
+
+/// What [`ConfigBuilder::api_credential`] says when the host says nothing.
+pub const DEFAULT_API_CREDENTIAL: &str = "the host's Kubernetes credential";
 
 impl Config {
     /// Starts a builder for the node called `node_name`, with k3s's defaults
@@ -264,6 +268,7 @@ impl Config {
             netns: None,
             set_node_network_unavailable: true,
             wireguard: WireguardSettings::default(),
+            api_credential: DEFAULT_API_CREDENTIAL.to_string(),
         }
     }
 
@@ -339,6 +344,12 @@ impl Config {
     pub fn cni_conf_dir(&self) -> PathBuf {
         self.data_dir.join("agent/etc/cni/net.d")
     }
+    /// How the host's Kubernetes credential is named in 401/403 messages
+    /// (see [`ConfigBuilder::api_credential`]).
+    pub fn api_credential(&self) -> &str {
+        &self.api_credential
+    }
+
     /// The wireguard backend's key file and implementation settings.
     pub fn wireguard(&self) -> &WireguardSettings {
         &self.wireguard
@@ -370,6 +381,7 @@ pub struct ConfigBuilder {
     netns: Option<PathBuf>,
     set_node_network_unavailable: bool,
     wireguard: WireguardSettings,
+    api_credential: String,
 }
 
 impl ConfigBuilder {
@@ -487,6 +499,27 @@ impl ConfigBuilder {
         self
     }
 
+    /// Names the credential the host's Kubernetes client uses, for the
+    /// messages in [`Status`](crate::Status) when the API server answers
+    /// 401 or 403 (the client does not say which credential it holds), e.g.
+    /// `kubeconfig /var/lib/mydistro/agent/flannel.kubeconfig (user
+    /// "flannel", client certificate)`. Default: "the host's Kubernetes
+    /// credential".
+    ///
+    /// ```
+    /// use flannel_embed::Config;
+    ///
+    /// let config = Config::builder("node-a")
+    ///     .api_credential("service account token /var/run/secrets/kubernetes.io/serviceaccount/token")
+    ///     .build()?;
+    /// assert!(config.api_credential().starts_with("service account token"));
+    /// # Ok::<(), flannel_embed::config::ConfigError>(())
+    /// ```
+    pub fn api_credential(mut self, description: impl Into<String>) -> Self {
+        self.api_credential = description.into();
+        self
+    }
+
     /// Checks every setting and returns the [`Config`], or the first
     /// problem, naming the setting.
     pub fn build(self) -> Result<Config, ConfigError> {
@@ -541,6 +574,7 @@ impl ConfigBuilder {
             netns: self.netns,
             set_node_network_unavailable: self.set_node_network_unavailable,
             wireguard: self.wireguard,
+            api_credential: self.api_credential,
         })
     }
 }

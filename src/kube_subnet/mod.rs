@@ -3,6 +3,7 @@
 //! publishes, and the validated set of peers from every other Node.
 
 mod annotations;
+mod api_error;
 mod lease;
 mod node;
 mod peers;
@@ -22,6 +23,7 @@ pub use annotations::{
     stored_vtep_mac, vxlan_backend_data, wireguard_backend_data, AnnotationKeys, OwnAttrs,
     FLANNEL_IS_UP_MESSAGE, FLANNEL_IS_UP_REASON, HOST_GW_BACKEND_DATA, NETWORK_UNAVAILABLE,
 };
+pub use api_error::{explain, explain_watch, Permission, CLUSTER_ROLE_RULES};
 pub use lease::{lease_state, Lease, LeaseError, LeaseState};
 pub use node::{SlimNode, SlimNodeSpec};
 pub use peers::{
@@ -49,12 +51,14 @@ pub enum KubeError {
 /// starting flannel: no crash loop and no polling. API errors are retried
 /// with kube-runtime's default backoff and logged; only an unusable Pod CIDR
 /// ends the wait with an error. Returns the lease and the Node as seen then.
+/// `credential` names the client's credential in 401/403 messages.
 /// `report` sees every reason worth a warning (a failing watch, a missing
 /// family) while the wait goes on, for a status.
 pub async fn wait_for_lease(
     client: Client,
     node_name: &str,
     netconf: &NetConf,
+    credential: &str,
     mut report: impl FnMut(&str),
 ) -> Result<(Lease, Node), KubeError> {
     let api: Api<Node> = Api::all(client);
@@ -114,7 +118,8 @@ pub async fn wait_for_lease(
             Ok(Event::Init | Event::InitDone) => {}
             Err(error) => note(
                 format!(
-                    "waiting for node {node_name}: watching the Node failed, retrying: {error}"
+                    "waiting for node {node_name}: watching the Node failed, retrying: {}",
+                    explain_watch(&error, credential, Permission::ListWatchOwnNode)
                 ),
                 true,
             ),

@@ -13,6 +13,7 @@ use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use super::api_error::{explain_watch, Permission};
 use super::lease::{lease_state, LeaseState};
 use super::peers::{Candidate, PeerContext, PeerResolver, PeerSet};
 use super::SlimNode;
@@ -135,7 +136,16 @@ impl NodeCache {
 /// kube-runtime's default backoff while the last good snapshot stays
 /// published; a relist replaces the cache ("anything not re-listed is
 /// gone").
-pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sender<PeerSnapshot>) {
+///
+/// `report` hears each failure of the watch (Some, with the credential
+/// named in 401/403 messages) and its recovery (None), for a status.
+pub async fn watch_peers(
+    client: Client,
+    ctx: PeerContext,
+    publish: watch::Sender<PeerSnapshot>,
+    credential: String,
+    mut report: impl FnMut(Option<String>),
+) {
     let api: Api<SlimNode> = Api::all(client);
     let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
     let mut cache = NodeCache::new(ctx);
@@ -155,13 +165,15 @@ pub async fn watch_peers(client: Client, ctx: PeerContext, publish: watch::Sende
                 Ok(event) => {
                     if last_error.take().is_some() {
                         info!("the Node watch recovered");
+                        report(None);
                     }
                     changed |= cache.apply(event);
                 }
                 Err(error) => {
-                    let text = error.to_string();
+                    let text = explain_watch(&error, &credential, Permission::ListWatchNodes);
                     if last_error.as_deref() != Some(&text) {
                         warn!("watching Nodes failed, keeping the last known peers and retrying: {text}");
+                        report(Some(format!("watching Nodes failed, keeping the last known peers and retrying: {text}")));
                         last_error = Some(text);
                     }
                 }

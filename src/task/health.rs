@@ -31,6 +31,9 @@ pub enum Part {
     Files,
     /// This node's Node object: annotations, NetworkUnavailable, podCIDR.
     Node,
+    /// The watch of every Node (the peers): while it fails, the last
+    /// known peers stay programmed.
+    NodeWatch,
     /// The external interface and its addresses.
     Interface,
 }
@@ -44,6 +47,7 @@ impl fmt::Display for Part {
             Part::Masquerade => "masquerade",
             Part::Files => "files",
             Part::Node => "node",
+            Part::NodeWatch => "node watch",
             Part::Interface => "interface",
         })
     }

@@ -27,8 +27,8 @@ use super::{Part, Progress};
 use crate::backoff::Backoff;
 use crate::config::NetConf;
 use crate::kube_subnet::{
-    annotation_patch, desired_annotations, lease_state, network_unavailable_patch, AnnotationKeys,
-    Lease, LeaseState, OwnAttrs, SlimNode,
+    annotation_patch, desired_annotations, explain, explain_watch, lease_state,
+    network_unavailable_patch, AnnotationKeys, Lease, LeaseState, OwnAttrs, Permission, SlimNode,
 };
 
 /// What this node's Node object must say.
@@ -44,7 +44,14 @@ pub(super) struct OwnNodeSpec {
     /// The lease the task runs with.
     pub lease: Lease,
     pub netconf: NetConf,
+    /// The client's credential, named in 401/403 messages.
+    pub credential: String,
 }
+
+/// The field manager of our writes, as kube-apiserver records it in
+/// `managedFields` (what upstream flanneld's client-go user agent makes
+/// it: `flanneld`; k3s's embedded flannel records the k3s binary).
+pub(super) const FIELD_MANAGER: &str = "flannel";
 
 /// What one look at the Node decided.
 #[derive(Debug, Default, PartialEq)]
@@ -129,7 +136,11 @@ pub(super) async fn keep_own_node(
                 }
                 Some(Ok(Event::Init | Event::InitDone)) => continue,
                 Some(Err(error)) => {
-                    progress.problem(Part::Node, format!("watching node {} failed, retrying: {error}", spec.name));
+                    progress.problem(Part::Node, format!(
+                        "watching node {} failed, retrying: {}",
+                        spec.name,
+                        explain_watch(&error, &spec.credential, Permission::ListWatchOwnNode)
+                    ));
                     continue;
                 }
                 None => return,
@@ -164,7 +175,14 @@ pub(super) async fn keep_own_node(
                 published.send_if_modified(|done| !std::mem::replace(done, true));
             }
             Err(error) => {
-                progress.problem(Part::Node, format!("updating node {}: {error}", spec.name));
+                progress.problem(
+                    Part::Node,
+                    format!(
+                        "updating node {}: {}",
+                        spec.name,
+                        explain(&error, &spec.credential, Permission::PatchNodeStatus)
+                    ),
+                );
                 retry = Some(Instant::now() + backoff.failed());
             }
         }
@@ -210,7 +228,14 @@ async fn patch_status(nodes: &Api<Node>, name: &str, patch: Value) -> Result<(),
     // delivering changes nobody acts on.
     match tokio::time::timeout(
         API_WRITE_TIMEOUT,
-        nodes.patch_status(name, &PatchParams::default(), &Patch::Strategic(patch)),
+        nodes.patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.to_string()),
+                ..PatchParams::default()
+            },
+            &Patch::Strategic(patch),
+        ),
     )
     .await
     {
@@ -263,6 +288,7 @@ mod tests {
             },
             netconf: NetConf::parse(r#"{"Network":"10.42.0.0/16","Backend":{"Type":"vxlan"}}"#)
                 .unwrap(),
+            credential: "test credential".into(),
         }
     }
 

@@ -76,12 +76,15 @@ pub(super) async fn run(
         s.phase = Phase::WaitingForPodCidr;
     });
 
-    let (lease, own_node) =
-        kube_subnet::wait_for_lease(client.clone(), config.node_name(), &netconf, |reason| {
-            progress.problem(Part::Node, reason)
-        })
-        .await
-        .map_err(|e| Error::new(Step::WaitForPodCidr, e))?;
+    let (lease, own_node) = kube_subnet::wait_for_lease(
+        client.clone(),
+        config.node_name(),
+        &netconf,
+        config.api_credential(),
+        |reason| progress.problem(Part::Node, reason),
+    )
+    .await
+    .map_err(|e| Error::new(Step::WaitForPodCidr, e))?;
     progress.resolved(Part::Node);
     progress.update(|s| {
         s.lease = Some(lease);
@@ -338,6 +341,7 @@ pub(super) async fn run(
         set_condition: config.set_node_network_unavailable(),
         lease,
         netconf: netconf.clone(),
+        credential: config.api_credential().to_string(),
     };
     let nodes: Api<Node> = Api::all(client.clone());
     scope.spawn_graceful("the own-node keeper", {
@@ -378,7 +382,19 @@ pub(super) async fn run(
         keys,
         netconf,
     };
-    let watch = kube_subnet::watch_peers(client, ctx, publish);
+    let watch = {
+        let progress = progress.clone();
+        kube_subnet::watch_peers(
+            client,
+            ctx,
+            publish,
+            config.api_credential().to_string(),
+            move |problem| match problem {
+                Some(message) => progress.problem(Part::NodeWatch, message),
+                None => progress.resolved(Part::NodeWatch),
+            },
+        )
+    };
     let (keep_subnet_env, subnet_env_kept) = watch::channel(None);
     scope.spawn_graceful("the file keeper", {
         let (config, progress, scope) = (config.clone(), progress.clone(), scope.clone());

@@ -125,7 +125,13 @@ pub async fn first_peerset(sizes: &[u32], runs: usize) -> Result<PeerSet, String
                 .map_err(|e| format!("a client for the test API server: {e}"))?;
             let (publish, mut receiver) = watch::channel(PeerSnapshot::default());
             let started = Instant::now();
-            let task = tokio::spawn(watch_peers(client, ctx.clone(), publish));
+            let task = tokio::spawn(watch_peers(
+                client,
+                ctx.clone(),
+                publish,
+                String::new(),
+                |_| {},
+            ));
             let synced =
                 tokio::time::timeout(Duration::from_secs(300), receiver.wait_for(|s| s.synced))
                     .await
