@@ -539,13 +539,25 @@ pub async fn patch_one(
         subresource,
         &content_type,
         &body,
-        dry_run,
-        query,
-        manager,
+        &WriteOptions {
+            dry_run,
+            query,
+            manager,
+        },
     )?;
     let mut response = bytes_response(StatusCode::OK, stored.json.clone());
     add_warnings(&mut response, &warnings);
     Ok(response)
+}
+
+/// How a write is made: dry run, the query (fieldValidation), and the
+/// manager its managedFields entry names (None: no entry, as for the
+/// in-process API).
+#[derive(Clone, Copy)]
+pub struct WriteOptions<'a> {
+    pub dry_run: bool,
+    pub query: &'a BTreeMap<String, String>,
+    pub manager: Option<&'a str>,
 }
 
 /// Applies a patch the way `PATCH /api/v1/nodes/NAME[/status]` does:
@@ -558,10 +570,13 @@ pub fn patch_node(
     subresource: Subresource,
     content_type: &str,
     body: &[u8],
-    dry_run: bool,
-    query: &BTreeMap<String, String>,
-    manager: Option<&str>,
+    options: &WriteOptions<'_>,
 ) -> Result<(Arc<Stored>, Vec<String>), ApiError> {
+    let WriteOptions {
+        dry_run,
+        query,
+        manager,
+    } = *options;
     let mut warnings = Vec::new();
     let fields = match manager {
         Some(_) => serde_json::from_slice::<Value>(body)

@@ -1,4 +1,5 @@
-//! A test Kubernetes API server for Nodes: plain HTTP on loopback, speaking
+//! A test Kubernetes API server for Nodes: plain HTTP on loopback by default
+//! (HTTPS, authentication and RBAC on request, see below), speaking
 //! the core/v1 Node API closely enough that the real `kubectl` and kube-rs
 //! (client, watcher, reflector) behave as against a real API server, with
 //! knobs to break it on purpose.
@@ -38,13 +39,67 @@
 //! strategies: the main endpoint ignores status changes, `/status` ignores
 //! spec changes, and both keep metadata (labels, annotations) changes.
 //!
+//! Streaming lists (KEP 3157, `sendInitialEvents=true` with
+//! `resourceVersionMatch=NotOlderThan` and bookmarks) are served unless
+//! [`Options::watch_list`] turns them off (then 422 Invalid, as Kubernetes
+//! 1.33 with its WatchList gate off). Writes (POST, PUT, PATCH) record
+//! `managedFields` Update entries: the manager is `fieldManager`, else the
+//! User-Agent up to its first `/`; `subresource: status` for `/status`.
+//!
+//! # Secured like a cluster (all optional)
+//!
+//! ```no_run
+//! use integration::apiserver::{Credential, KeyAlgorithm, Options, TestApiServer, UserInfo};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let server = TestApiServer::start(
+//!     Options::default()
+//!         .tls(KeyAlgorithm::EcdsaP256)
+//!         .rbac_yaml("...ClusterRoles and ClusterRoleBindings..."),
+//! )
+//! .unwrap();
+//! server.write_kubeconfig(dir.path()).unwrap(); // system:admin, system:masters
+//! let cert = server.issue_client_cert("system:node:node-a", &["system:nodes"], None).unwrap();
+//! server.write_kubeconfig_for(&dir.path().join("node-a"), &Credential::ClientCert(cert)).unwrap();
+//! server.add_token("t0k3n", UserInfo::new("operator", &["ops"])).unwrap();
+//! server.write_service_account_dir(&dir.path().join("sa"), "kube-flannel", "flannel").unwrap();
+//! ```
+//!
+//! - HTTPS ([`Options::tls`]): a CA generated at start (ECDSA P-256 or RSA
+//!   2048), kept across [`restart`](TestApiServer::restart); the serving
+//!   certificate names `localhost`, `kubernetes`, `kubernetes.default`,
+//!   `kubernetes.default.svc`, `kubernetes.default.svc.cluster.local`,
+//!   127.0.0.1, ::1 and the listen IP; ALPN offers `http/1.1` only.
+//! - Authentication (on with TLS, a token file, RBAC, or
+//!   [`Options::authentication`]): a client certificate the CA signed
+//!   (user = subject CN, groups = subject O values), else a bearer token
+//!   from the in-memory table or the `--token-auth-file` CSV (re-read when
+//!   its modification time or length changes); every authenticated user is
+//!   in `system:authenticated`. Anonymous authentication is off: requests
+//!   without valid credentials get kube-apiserver's 401 Status, except
+//!   `GET /healthz`, `/livez` and `/readyz`, which stay open (as
+//!   `system:public-info-viewer` grants them to `system:unauthenticated`).
+//! - Authorization: without RBAC rules every authenticated request is
+//!   allowed; with them ([`Options::rbac_file`], re-read when it changes,
+//!   [`Options::rbac_yaml`], [`TestApiServer::set_rbac_yaml`]), ClusterRoles
+//!   and ClusterRoleBindings (User, Group, ServiceAccount subjects; verbs,
+//!   apiGroups, resources with `*` and `resource/subresource` forms,
+//!   resourceNames, nonResourceURLs) decide, `system:masters` is allowed
+//!   everything, and the bootstrap `system:discovery` and
+//!   `system:public-info-viewer` roles are always bound (discovery for
+//!   `system:authenticated`). Refusals are 403 with kube-apiserver's
+//!   wording; every decision is logged ([`TestApiServer::authz_log`],
+//!   [`Options::authz_log_file`]).
+//!
 //! # Where it departs from a real API server
 //!
-//! - Plain HTTP/1.1, no authentication or authorization; JSON only (no
-//!   protobuf, CBOR or YAML bodies); no controllers (nothing marks a Node
-//!   NotReady or taints it by itself).
-//! - No `managedFields`; server-side apply (`application/apply-patch+yaml`)
-//!   is answered 415 UnsupportedMediaType.
+//! - HTTP/1.1 only; JSON only (no protobuf, CBOR or YAML bodies); no
+//!   controllers (nothing marks a Node NotReady or taints it by itself).
+//! - No namespaced Roles or RoleBindings, no aggregated ClusterRoles, no
+//!   Node authorizer, no webhook/OIDC authentication, no impersonation; a
+//!   client certificate holds at most two groups.
+//! - managedFields record the fields a request document names (the patch
+//!   or the object sent), not a structured-merge diff; server-side apply
+//!   (`application/apply-patch+yaml`) is answered 415 UnsupportedMediaType.
 //! - Objects are rendered from the k8s-openapi types, so Go's zero values
 //!   (e.g. an empty `nodeInfo`) are not filled in.
 //! - `/openapi/v2` is 404 and the `/openapi/v3` Node schema is a stub: kubectl
@@ -679,9 +734,11 @@ impl TestApiServer {
             subresource,
             patch_type.content_type(),
             &body,
-            false,
-            &BTreeMap::new(),
-            None,
+            &handlers::WriteOptions {
+                dry_run: false,
+                query: &BTreeMap::new(),
+                manager: None,
+            },
         )?;
         Ok(stored.node.clone())
     }

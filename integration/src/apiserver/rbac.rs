@@ -347,7 +347,7 @@ impl Policy {
 fn subject_matches(subject: &Subject, user: &UserInfo) -> bool {
     match subject.kind.as_str() {
         "User" => subject.name == user.name,
-        "Group" => user.groups.iter().any(|g| *g == subject.name),
+        "Group" => user.groups.contains(&subject.name),
         "ServiceAccount" => {
             let namespace = subject.namespace.as_deref().unwrap_or("");
             user.name == format!("system:serviceaccount:{namespace}:{}", subject.name)
@@ -660,7 +660,14 @@ items:
         let ops = UserInfo::new("bob", &["ops"]);
         let nobody = UserInfo::new("nobody", &[]);
         use Method as M;
-        let table: &[(&UserInfo, Method, &str, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (
+            &'a UserInfo,
+            Method,
+            &'a str,
+            &'a [(&'a str, &'a str)],
+            bool,
+        );
+        let table: &[Case] = &[
             (&flannel, M::GET, "/api/v1/nodes", &[], true),
             (
                 &flannel,

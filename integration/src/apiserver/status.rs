@@ -27,7 +27,7 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// `details` exactly, when it is not about a Node (Forbidden names the
     /// resource asked for, ListOptions errors their own kind).
-    pub details: Option<Value>,
+    pub details: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -51,7 +51,7 @@ impl ApiError {
     /// 403 with kube-apiserver's wording and `details` (see `rbac.rs`).
     pub fn forbidden(message: String, details: Value) -> Self {
         let mut error = Self::new(403, "Forbidden", message);
-        error.details = Some(details);
+        error.details = Some(Box::new(details));
         error
     }
 
@@ -77,8 +77,9 @@ impl ApiError {
             .iter()
             .map(|(reason, field, message)| json!({"reason": reason, "message": message, "field": field}))
             .collect();
-        error.details =
-            Some(json!({"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes}));
+        error.details = Some(Box::new(
+            json!({"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes}),
+        ));
         error
     }
 
@@ -278,7 +279,7 @@ impl ApiError {
                 map.insert("reason".into(), json!(self.reason));
             }
             if let Some(exact) = &self.details {
-                map.insert("details".into(), exact.clone());
+                map.insert("details".into(), exact.as_ref().clone());
             } else if !details.is_empty() {
                 map.insert("details".into(), Value::Object(details));
             }

@@ -337,7 +337,9 @@ mod tests {
         let cert = ca
             .issue_client("alice", &["system:masters", "devs"], None)
             .unwrap();
-        let user = ca.authenticate(&[cert.cert_der.clone()]).unwrap();
+        let user = ca
+            .authenticate(std::slice::from_ref(&cert.cert_der))
+            .unwrap();
         assert_eq!(user.name, "alice");
         assert_eq!(user.groups, vec!["system:masters", "devs"]);
         let other = CertAuthority::generate(KeyAlgorithm::EcdsaP256).unwrap();
