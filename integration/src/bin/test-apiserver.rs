@@ -34,7 +34,9 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Write a kubeconfig for the server to this file.
+    /// Write the admin kubeconfig to this file: no credentials over plain
+    /// HTTP; with --tls the CA and a client certificate for system:admin in
+    /// system:masters.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// Load Nodes from this JSON file first (a Node, a NodeList or an array,
