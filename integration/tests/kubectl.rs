@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use integration::apiserver::{ready_node, Options, TestApiServer, Verb};
+use integration::apiserver::{
+    ready_node, AuthzDecision, Credential, KeyAlgorithm, Options, TestApiServer, UserInfo, Verb,
+};
 use integration::{workspace_bin, Finished, Running};
 use k8s_openapi::api::core::v1::NodeCondition;
 
@@ -30,6 +32,24 @@ impl Cluster {
             dir,
             kubeconfig,
         }
+    }
+
+    fn with(options: Options) -> Cluster {
+        let server = TestApiServer::start(options).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = server.write_kubeconfig(dir.path()).unwrap();
+        Cluster {
+            server,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// From now on kubectl runs with `credential`.
+    fn use_credential(&mut self, name: &str, credential: &Credential) {
+        let path = self.dir.path().join(name);
+        self.server.write_kubeconfig_for(&path, credential).unwrap();
+        self.kubeconfig = path;
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -599,4 +619,200 @@ fn binary_serves_until_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(code.success(), "{code:?}");
+}
+
+/// What the `operator` user may do in the secured tests: read and patch
+/// Nodes, but not delete them.
+const OPERATOR_ROLE: &str = r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: node-operator}
+rules:
+- apiGroups: [""]
+  resources: ["nodes", "nodes/status"]
+  verbs: ["get", "list", "watch", "patch"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: node-operator}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: node-operator}
+subjects:
+- {kind: User, name: operator}
+"#;
+
+#[test]
+fn https_with_client_certificates_and_tokens_under_rbac() {
+    let forbidden = "Error from server (Forbidden): nodes \"node-a\" is forbidden: User \"operator\" cannot delete resource \"nodes\" in API group \"\" at the cluster scope";
+    for (server_key, credential) in [
+        (KeyAlgorithm::EcdsaP256, "cert"),
+        (KeyAlgorithm::Rsa2048, "cert"),
+        (KeyAlgorithm::EcdsaP256, "cert-rsa"),
+        (KeyAlgorithm::Rsa2048, "token"),
+    ] {
+        let mut cluster =
+            Cluster::with(Options::default().tls(server_key).rbac_yaml(OPERATOR_ROLE));
+        cluster
+            .server
+            .create_node(ready_node("node-a", Some("10.42.0.0/24")))
+            .unwrap();
+        // The admin kubeconfig (system:masters).
+        assert!(cluster.ok(&["get", "nodes"]).contains("node-a"));
+
+        let credential = match credential {
+            "token" => {
+                cluster
+                    .server
+                    .add_token("operator-token", UserInfo::new("operator", &[]))
+                    .unwrap();
+                Credential::Token("operator-token".into())
+            }
+            "cert-rsa" => Credential::ClientCert(
+                cluster
+                    .server
+                    .issue_client_cert("operator", &["ops"], Some(KeyAlgorithm::Rsa2048))
+                    .unwrap(),
+            ),
+            _ => Credential::ClientCert(
+                cluster
+                    .server
+                    .issue_client_cert("operator", &[], None)
+                    .unwrap(),
+            ),
+        };
+        cluster.use_credential("operator.kubeconfig", &credential);
+        let table = cluster.ok(&["get", "nodes"]);
+        assert!(
+            table.contains("node-a") && table.contains("Ready"),
+            "{table}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&cluster.ok(&["get", "node", "node-a", "-o", "json"])).unwrap();
+        assert_eq!(json["spec"]["podCIDR"], "10.42.0.0/24");
+        cluster.ok(&["label", "node", "node-a", "flannel=yes"]);
+        cluster.ok(&[
+            "annotate",
+            "node",
+            "node-a",
+            "flannel.alpha.coreos.com/public-ip=192.0.2.9",
+        ]);
+        cluster.ok(&[
+            "patch",
+            "node",
+            "node-a",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ]);
+        let node = cluster.server.get_node("node-a").unwrap();
+        assert_eq!(node.metadata.labels.unwrap()["flannel"], "yes");
+        let managers: Vec<_> = node
+            .metadata
+            .managed_fields
+            .unwrap()
+            .into_iter()
+            .filter_map(|e| e.manager)
+            .collect();
+        assert!(
+            managers.iter().any(|m| m.starts_with("kubectl")),
+            "{managers:?}"
+        );
+
+        let stderr = cluster.fails(&["delete", "node", "node-a"]);
+        assert!(
+            stderr.contains(forbidden),
+            "{server_key:?} {credential:?}: {stderr}"
+        );
+        assert!(cluster.server.get_node("node-a").is_some());
+        let users: Vec<_> = cluster
+            .server
+            .request_log()
+            .into_iter()
+            .filter_map(|r| r.user)
+            .collect();
+        assert!(users.iter().any(|u| u == "operator"));
+    }
+}
+
+#[test]
+fn binary_with_tls_tokens_rbac_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("tokens.csv"), "op-token,operator,1001,ops\n").unwrap();
+    std::fs::write(path("rbac.yaml"), OPERATOR_ROLE).unwrap();
+    let mut command = Command::new(workspace_bin("test-apiserver"));
+    command
+        .args(["--tls", "ecdsa"])
+        .arg("--cert-dir")
+        .arg(path("certs"))
+        .arg("--kubeconfig")
+        .arg(path("admin.kubeconfig"))
+        .arg("--token-auth-file")
+        .arg(path("tokens.csv"))
+        .arg("--rbac")
+        .arg(path("rbac.yaml"))
+        .arg("--authz-log")
+        .arg(path("authz.jsonl"))
+        .arg("--client-kubeconfig")
+        .arg(format!(
+            "operator/ops={}",
+            path("cert.kubeconfig").display()
+        ))
+        .arg("--token-kubeconfig")
+        .arg(format!("op-token={}", path("token.kubeconfig").display()))
+        .arg("--service-account")
+        .arg(format!("kube-flannel/flannel={}", path("sa").display()));
+    let mut server = Streaming::start(command);
+    let url = server.expect("the URL", |l| l.starts_with("https://127.0.0.1:"));
+    let ca = std::fs::read_to_string(path("certs").join("ca.crt")).unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+    assert_eq!(
+        std::fs::read_to_string(path("sa").join("ca.crt")).unwrap(),
+        ca
+    );
+    let kubectl = |kubeconfig: &str, args: &[&str]| {
+        let mut command = Command::new("kubectl");
+        command
+            .arg(format!("--kubeconfig={}", path(kubeconfig).display()))
+            .arg(format!("--cache-dir={}", path("cache").display()))
+            .args(args)
+            .env_remove("KUBECONFIG");
+        Running::start(command).wait(LIMIT)
+    };
+    for kubeconfig in ["admin.kubeconfig", "cert.kubeconfig", "token.kubeconfig"] {
+        let finished = kubectl(kubeconfig, &["get", "nodes"]);
+        assert!(
+            finished.status.success(),
+            "{kubeconfig}: {finished:?} ({url})"
+        );
+    }
+    let finished = kubectl("token.kubeconfig", &["delete", "node", "node-x"]);
+    assert!(!finished.status.success());
+    assert!(
+        finished.stderr.contains(
+            "nodes \"node-x\" is forbidden: User \"operator\" cannot delete resource \"nodes\""
+        ),
+        "{}",
+        finished.stderr
+    );
+    let decisions: Vec<AuthzDecision> = std::fs::read_to_string(path("authz.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(decisions
+        .iter()
+        .any(|d| d.user == "operator" && d.verb == "list" && d.resource == "nodes" && d.allowed));
+    assert!(decisions
+        .iter()
+        .any(|d| d.user == "operator" && d.verb == "delete" && d.name == "node-x" && !d.allowed));
+    assert!(decisions
+        .iter()
+        .any(|d| d.user == "system:admin" && d.groups.contains(&"system:masters".to_string())));
+    let status = Command::new("kill")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = server.child.wait();
 }

@@ -23,7 +23,7 @@ use super::server::{
 use super::status::ApiError;
 use super::store::Stored;
 use super::table::{self, IncludeObject};
-use super::{patch, watch as watching};
+use super::{managed, patch, watch as watching};
 
 /// The largest request body accepted (the real server's JSON limit).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -356,7 +356,8 @@ pub fn watch(
         text.push_str(&format!("metadata.name={escaped}"));
         selectors.fields = FieldSelector::parse(&text)?;
     }
-    let params = watching::WatchParams::parse(query, selectors, format, include)?;
+    let params =
+        watching::WatchParams::parse(query, selectors, format, include, shared.watch_list)?;
     let mut response = Response::new(watching::stream(shared.clone(), params));
     response.headers_mut().insert(
         CONTENT_TYPE,
@@ -379,10 +380,12 @@ pub fn create_node(
     value: Value,
     dry_run: bool,
     query: &BTreeMap<String, String>,
+    manager: Option<&str>,
 ) -> Result<(Arc<Stored>, Vec<String>), ApiError> {
+    let fields = manager.map(|m| (m, managed::touched(&value, false, Subresource::Main)));
     let (node, unknown) = node::decode(value)?;
     let warnings = field_validation(query, &unknown)?;
-    let stored = create_typed(shared, node, dry_run)?;
+    let stored = create_typed(shared, node, dry_run, fields)?;
     Ok((stored, warnings))
 }
 
@@ -392,8 +395,12 @@ pub fn create_typed(
     shared: &Shared,
     mut node: Node,
     dry_run: bool,
+    managed_by: Option<(&str, Value)>,
 ) -> Result<Arc<Stored>, ApiError> {
     node::prepare_for_create(&mut node);
+    if let Some((manager, fields)) = managed_by {
+        managed::record(&mut node, manager, Subresource::Main, fields);
+    }
     if node
         .metadata
         .resource_version
@@ -412,10 +419,11 @@ pub async fn create(
     shared: &Shared,
     request: Request<Incoming>,
     query: &BTreeMap<String, String>,
+    manager: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let dry_run = dry_run(query)?;
     let value = read_json(request).await?;
-    let (stored, warnings) = create_node(shared, value, dry_run, query)?;
+    let (stored, warnings) = create_node(shared, value, dry_run, query, manager)?;
     let mut response = bytes_response(StatusCode::CREATED, stored.json.clone());
     add_warnings(&mut response, &warnings);
     Ok(response)
@@ -478,9 +486,11 @@ pub async fn update(
     query: &BTreeMap<String, String>,
     name: &str,
     subresource: Subresource,
+    manager: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let dry_run = dry_run(query)?;
     let value = read_json(request).await?;
+    let fields = managed::touched(&value, false, subresource);
     let (sent, unknown) = node::decode(value)?;
     let warnings = field_validation(query, &unknown)?;
     let sent_name = sent.metadata.name.clone().unwrap_or_default();
@@ -491,7 +501,11 @@ pub async fn update(
     }
     let stored = shared.store.update(name, dry_run, |current| {
         check_preconditions(name, &sent, current)?;
-        finish_update(sent.clone(), current, subresource, name)
+        let mut new = finish_update(sent.clone(), current, subresource, name)?;
+        if let Some(manager) = manager {
+            managed::record(&mut new, manager, subresource, fields.clone());
+        }
+        Ok(new)
     })?;
     let mut response = bytes_response(StatusCode::OK, stored.json.clone());
     add_warnings(&mut response, &warnings);
@@ -504,6 +518,7 @@ pub async fn patch_one(
     query: &BTreeMap<String, String>,
     name: &str,
     subresource: Subresource,
+    manager: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let dry_run = dry_run(query)?;
     let content_type = media_type(&request);
@@ -524,12 +539,25 @@ pub async fn patch_one(
         subresource,
         &content_type,
         &body,
-        dry_run,
-        query,
+        &WriteOptions {
+            dry_run,
+            query,
+            manager,
+        },
     )?;
     let mut response = bytes_response(StatusCode::OK, stored.json.clone());
     add_warnings(&mut response, &warnings);
     Ok(response)
+}
+
+/// How a write is made: dry run, the query (fieldValidation), and the
+/// manager its managedFields entry names (None: no entry, as for the
+/// in-process API).
+#[derive(Clone, Copy)]
+pub struct WriteOptions<'a> {
+    pub dry_run: bool,
+    pub query: &'a BTreeMap<String, String>,
+    pub manager: Option<&'a str>,
 }
 
 /// Applies a patch the way `PATCH /api/v1/nodes/NAME[/status]` does:
@@ -542,10 +570,20 @@ pub fn patch_node(
     subresource: Subresource,
     content_type: &str,
     body: &[u8],
-    dry_run: bool,
-    query: &BTreeMap<String, String>,
+    options: &WriteOptions<'_>,
 ) -> Result<(Arc<Stored>, Vec<String>), ApiError> {
+    let WriteOptions {
+        dry_run,
+        query,
+        manager,
+    } = *options;
     let mut warnings = Vec::new();
+    let fields = match manager {
+        Some(_) => serde_json::from_slice::<Value>(body)
+            .map(|document| managed::touched(&document, content_type == patch::JSON, subresource))
+            .unwrap_or_else(|_| json!({})),
+        None => json!({}),
+    };
     let stored = shared.store.update(name, dry_run, |current| {
         let mut document: Value = serde_json::from_slice(&current.json)
             .map_err(|e| ApiError::internal(format!("stored object: {e}")))?;
@@ -553,7 +591,11 @@ pub fn patch_node(
         let (patched, unknown) = node::decode(document)?;
         warnings = field_validation(query, &unknown)?;
         check_preconditions(name, &patched, current)?;
-        finish_update(patched, current, subresource, name)
+        let mut new = finish_update(patched, current, subresource, name)?;
+        if let Some(manager) = manager {
+            managed::record(&mut new, manager, subresource, fields.clone());
+        }
+        Ok(new)
     })?;
     Ok((stored, warnings))
 }

@@ -1,4 +1,5 @@
-//! A test Kubernetes API server for Nodes: plain HTTP on loopback, speaking
+//! A test Kubernetes API server for Nodes: plain HTTP on loopback by default
+//! (HTTPS, authentication and RBAC on request, see below), speaking
 //! the core/v1 Node API closely enough that the real `kubectl` and kube-rs
 //! (client, watcher, reflector) behave as against a real API server, with
 //! knobs to break it on purpose.
@@ -38,13 +39,67 @@
 //! strategies: the main endpoint ignores status changes, `/status` ignores
 //! spec changes, and both keep metadata (labels, annotations) changes.
 //!
+//! Streaming lists (KEP 3157, `sendInitialEvents=true` with
+//! `resourceVersionMatch=NotOlderThan` and bookmarks) are served unless
+//! [`Options::watch_list`] turns them off (then 422 Invalid, as Kubernetes
+//! 1.33 with its WatchList gate off). Writes (POST, PUT, PATCH) record
+//! `managedFields` Update entries: the manager is `fieldManager`, else the
+//! User-Agent up to its first `/`; `subresource: status` for `/status`.
+//!
+//! # Secured like a cluster (all optional)
+//!
+//! ```no_run
+//! use integration::apiserver::{Credential, KeyAlgorithm, Options, TestApiServer, UserInfo};
+//! # let dir = tempfile::tempdir().unwrap();
+//! let server = TestApiServer::start(
+//!     Options::default()
+//!         .tls(KeyAlgorithm::EcdsaP256)
+//!         .rbac_yaml("...ClusterRoles and ClusterRoleBindings..."),
+//! )
+//! .unwrap();
+//! server.write_kubeconfig(dir.path()).unwrap(); // system:admin, system:masters
+//! let cert = server.issue_client_cert("system:node:node-a", &["system:nodes"], None).unwrap();
+//! server.write_kubeconfig_for(&dir.path().join("node-a"), &Credential::ClientCert(cert)).unwrap();
+//! server.add_token("t0k3n", UserInfo::new("operator", &["ops"])).unwrap();
+//! server.write_service_account_dir(&dir.path().join("sa"), "kube-flannel", "flannel").unwrap();
+//! ```
+//!
+//! - HTTPS ([`Options::tls`]): a CA generated at start (ECDSA P-256 or RSA
+//!   2048), kept across [`restart`](TestApiServer::restart); the serving
+//!   certificate names `localhost`, `kubernetes`, `kubernetes.default`,
+//!   `kubernetes.default.svc`, `kubernetes.default.svc.cluster.local`,
+//!   127.0.0.1, ::1 and the listen IP; ALPN offers `http/1.1` only.
+//! - Authentication (on with TLS, a token file, RBAC, or
+//!   [`Options::authentication`]): a client certificate the CA signed
+//!   (user = subject CN, groups = subject O values), else a bearer token
+//!   from the in-memory table or the `--token-auth-file` CSV (re-read when
+//!   its modification time or length changes); every authenticated user is
+//!   in `system:authenticated`. Anonymous authentication is off: requests
+//!   without valid credentials get kube-apiserver's 401 Status, except
+//!   `GET /healthz`, `/livez` and `/readyz`, which stay open (as
+//!   `system:public-info-viewer` grants them to `system:unauthenticated`).
+//! - Authorization: without RBAC rules every authenticated request is
+//!   allowed; with them ([`Options::rbac_file`], re-read when it changes,
+//!   [`Options::rbac_yaml`], [`TestApiServer::set_rbac_yaml`]), ClusterRoles
+//!   and ClusterRoleBindings (User, Group, ServiceAccount subjects; verbs,
+//!   apiGroups, resources with `*` and `resource/subresource` forms,
+//!   resourceNames, nonResourceURLs) decide, `system:masters` is allowed
+//!   everything, and the bootstrap `system:discovery` and
+//!   `system:public-info-viewer` roles are always bound (discovery for
+//!   `system:authenticated`). Refusals are 403 with kube-apiserver's
+//!   wording; every decision is logged ([`TestApiServer::authz_log`],
+//!   [`Options::authz_log_file`]).
+//!
 //! # Where it departs from a real API server
 //!
-//! - Plain HTTP/1.1, no authentication or authorization; JSON only (no
-//!   protobuf, CBOR or YAML bodies); no controllers (nothing marks a Node
-//!   NotReady or taints it by itself).
-//! - No `managedFields`; server-side apply (`application/apply-patch+yaml`)
-//!   is answered 415 UnsupportedMediaType.
+//! - HTTP/1.1 only; JSON only (no protobuf, CBOR or YAML bodies); no
+//!   controllers (nothing marks a Node NotReady or taints it by itself).
+//! - No namespaced Roles or RoleBindings, no aggregated ClusterRoles, no
+//!   Node authorizer, no webhook/OIDC authentication, no impersonation; a
+//!   client certificate holds at most two groups.
+//! - managedFields record the fields a request document names (the patch
+//!   or the object sent), not a structured-merge diff; server-side apply
+//!   (`application/apply-patch+yaml`) is answered 415 UnsupportedMediaType.
 //! - Objects are rendered from the k8s-openapi types, so Go's zero values
 //!   (e.g. an empty `nodeInfo`) are not filled in.
 //! - `/openapi/v2` is 404 and the `/openapi/v3` Node schema is a stub: kubectl
@@ -57,15 +112,19 @@
 //! - No `nodes/proxy`, and no other resources (pods, events, leases), so
 //!   `kubectl describe node` does not work.
 
+mod auth;
 mod discovery;
 mod handlers;
+mod managed;
 mod node;
 mod patch;
+mod rbac;
 mod selector;
 mod server;
 mod status;
 mod store;
 mod table;
+mod tls;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -81,10 +140,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::oneshot;
 
+pub use auth::{parse_token_csv, TokenFileError, UserInfo};
 pub use node::Subresource;
+pub use rbac::{AuthzDecision, Policy, RbacError};
 pub use status::ApiError;
+pub use tls::{IssuedCert, KeyAlgorithm, TlsError};
 
-use server::Shared;
+use server::{Security, Shared};
 
 /// Errors of starting, restarting or talking to the server in-process.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +187,21 @@ pub enum Error {
     /// The server refused a Node.
     #[error(transparent)]
     Api(#[from] ApiError),
+    /// Certificates or the TLS configuration could not be made.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The token file cannot be used.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
+    /// The RBAC rules cannot be used.
+    #[error(transparent)]
+    Rbac(#[from] RbacError),
+    /// Client certificates need HTTPS (`Options::tls`).
+    #[error("the server serves plain HTTP: no CA, no client certificates")]
+    NoTls,
+    /// Tokens need authentication on (`Options::authentication`).
+    #[error("the server has authentication off: tokens would not be checked")]
+    NoAuthentication,
 }
 
 /// Kubernetes verbs the server counts (as in audit logs), plus discovery
@@ -186,6 +263,27 @@ pub struct RequestRecord {
     pub verb: Verb,
     /// The HTTP status answered (200 for watches, whatever they stream).
     pub status: u16,
+    /// The authenticated user (None with authentication off, or when the
+    /// request was refused 401).
+    pub user: Option<String>,
+    /// The `fieldManager` query parameter.
+    pub field_manager: Option<String>,
+}
+
+/// A credential for a kubeconfig (see
+/// [`TestApiServer::write_kubeconfig_for`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No credential (plain HTTP without authentication).
+    None,
+    /// A client certificate and key (`client-certificate-data`,
+    /// `client-key-data`).
+    ClientCert(IssuedCert),
+    /// A bearer token embedded as `token:`.
+    Token(String),
+    /// A bearer token read from this file (`tokenFile:`; kube-rs and
+    /// client-go re-read it every minute).
+    TokenFile(PathBuf),
 }
 
 /// How to start a [`TestApiServer`].
@@ -194,6 +292,13 @@ pub struct Options {
     listen: SocketAddr,
     history_limit: usize,
     bookmark_interval: Duration,
+    tls: Option<KeyAlgorithm>,
+    authentication: bool,
+    token_auth_file: Option<PathBuf>,
+    rbac_file: Option<PathBuf>,
+    rbac_yaml: Option<String>,
+    authz_log_file: Option<PathBuf>,
+    watch_list: bool,
 }
 
 impl Default for Options {
@@ -202,6 +307,13 @@ impl Default for Options {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             history_limit: 20_000,
             bookmark_interval: Duration::from_secs(1),
+            tls: None,
+            authentication: false,
+            token_auth_file: None,
+            rbac_file: None,
+            rbac_yaml: None,
+            authz_log_file: None,
+            watch_list: true,
         }
     }
 }
@@ -224,6 +336,93 @@ impl Options {
     pub fn bookmark_interval(mut self, interval: Duration) -> Self {
         self.bookmark_interval = interval;
         self
+    }
+
+    /// Serve HTTPS with a CA generated at start, whose keys (and those of
+    /// the certificates it issues, unless asked otherwise) use `algorithm`.
+    /// Turns authentication on.
+    pub fn tls(mut self, algorithm: KeyAlgorithm) -> Self {
+        self.tls = Some(algorithm);
+        self
+    }
+
+    /// Authenticate requests (client certificates, bearer tokens), also over
+    /// plain HTTP; anonymous requests get 401 except `GET /healthz`,
+    /// `/livez` and `/readyz`. On with [`tls`](Self::tls),
+    /// [`token_auth_file`](Self::token_auth_file) or RBAC.
+    pub fn authentication(mut self, on: bool) -> Self {
+        self.authentication = on;
+        self
+    }
+
+    /// Bearer tokens from a kube-apiserver `--token-auth-file` CSV
+    /// (`token,user,uid,"group1,group2"`), re-read when it changes. Turns
+    /// authentication on.
+    pub fn token_auth_file(mut self, path: &Path) -> Self {
+        self.token_auth_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// RBAC from a YAML file of ClusterRoles and ClusterRoleBindings,
+    /// re-read when it changes (see [`Policy::from_yaml`]). Turns
+    /// authentication on.
+    pub fn rbac_file(mut self, path: &Path) -> Self {
+        self.rbac_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// RBAC from YAML text (a [`rbac_file`](Self::rbac_file) wins over it).
+    /// Turns authentication on.
+    pub fn rbac_yaml(mut self, yaml: &str) -> Self {
+        self.rbac_yaml = Some(yaml.to_string());
+        self
+    }
+
+    /// Append every authorization decision to this file as a JSON line (an
+    /// [`AuthzDecision`]).
+    pub fn authz_log_file(mut self, path: &Path) -> Self {
+        self.authz_log_file = Some(path.to_path_buf());
+        self
+    }
+
+    /// Serve streaming lists (`sendInitialEvents`, default on, as
+    /// Kubernetes 1.32 and 1.34); off answers them 422 Invalid, as 1.33 does
+    /// with its WatchList gate off by default.
+    pub fn watch_list(mut self, on: bool) -> Self {
+        self.watch_list = on;
+        self
+    }
+
+    fn security(&self, addr: SocketAddr) -> Result<Security, Error> {
+        let rbac = self.rbac_file.is_some() || self.rbac_yaml.is_some();
+        let authenticated =
+            self.authentication || self.tls.is_some() || self.token_auth_file.is_some() || rbac;
+        let (tls, admin) = match self.tls {
+            None => (None, None),
+            Some(algorithm) => {
+                let ca = tls::CertAuthority::generate(algorithm)?;
+                let serving = ca.issue_server(addr.ip())?;
+                let config = ca.server_config(&serving)?;
+                let admin = ca.issue_client("system:admin", &[rbac::MASTERS], None)?;
+                (Some((ca, config)), Some(admin))
+            }
+        };
+        let authenticator = if authenticated {
+            Some(auth::Authenticator::new(self.token_auth_file.as_deref())?)
+        } else {
+            None
+        };
+        let authorizer = rbac::Authorizer::new(
+            self.rbac_file.as_deref(),
+            self.rbac_yaml.as_deref(),
+            self.authz_log_file.as_deref(),
+        )?;
+        Ok(Security {
+            tls,
+            admin,
+            authenticator,
+            authorizer,
+        })
     }
 }
 
@@ -254,10 +453,13 @@ impl TestApiServer {
             addr: options.listen,
             source,
         })?;
+        let security = options.security(addr)?;
         let shared = Arc::new(Shared::new(
             addr,
             options.history_limit,
             options.bookmark_interval,
+            security,
+            options.watch_list,
         ));
         let server = TestApiServer {
             shared,
@@ -299,30 +501,159 @@ impl TestApiServer {
         self.shared.addr
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://127.0.0.1:PORT` with TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.shared.addr)
+        let scheme = if self.shared.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.shared.addr)
     }
 
-    /// Writes `dir/kubeconfig` (cluster, context and a user without
-    /// credentials, all named `test`) and returns its path.
+    /// The CA certificate (PEM) with TLS.
+    pub fn ca_pem(&self) -> Option<String> {
+        self.ca().ok().map(|ca| ca.cert_pem().to_string())
+    }
+
+    fn ca(&self) -> Result<&tls::CertAuthority, Error> {
+        self.shared
+            .security
+            .tls
+            .as_ref()
+            .map(|(ca, _)| ca)
+            .ok_or(Error::NoTls)
+    }
+
+    /// A client certificate the CA signs: user `user` (subject CN), groups
+    /// `groups` (subject O, at most two), key `algorithm` or the CA's.
+    pub fn issue_client_cert(
+        &self,
+        user: &str,
+        groups: &[&str],
+        algorithm: Option<KeyAlgorithm>,
+    ) -> Result<IssuedCert, Error> {
+        Ok(self.ca()?.issue_client(user, groups, algorithm)?)
+    }
+
+    /// The credential of `write_kubeconfig`: none over plain HTTP, else a
+    /// client certificate for `system:admin` in `system:masters` (made at
+    /// start; the same for every call).
+    pub fn admin_credential(&self) -> Credential {
+        match &self.shared.security.admin {
+            Some(cert) => Credential::ClientCert(cert.clone()),
+            None => Credential::None,
+        }
+    }
+
+    /// Writes `dir/kubeconfig` (cluster, context and user all named `test`;
+    /// with TLS the CA and an admin client certificate, see
+    /// [`admin_credential`](Self::admin_credential)) and returns its path.
     pub fn write_kubeconfig(&self, dir: &Path) -> Result<PathBuf, Error> {
         let path = dir.join("kubeconfig");
-        write_kubeconfig_file(&path, &self.url())?;
+        self.write_kubeconfig_for(&path, &self.admin_credential())?;
         Ok(path)
     }
 
-    /// A kube-rs configuration for this server.
+    /// Writes a kubeconfig for this server (its URL and, with TLS,
+    /// `certificate-authority-data`) with `credential` to `path`.
+    pub fn write_kubeconfig_for(&self, path: &Path, credential: &Credential) -> Result<(), Error> {
+        write_kubeconfig_with(path, &self.url(), self.ca_pem().as_deref(), credential)
+    }
+
+    /// Lets `token` authenticate as `user` (until
+    /// [`remove_token`](Self::remove_token)); the in-memory table is
+    /// consulted before the token file.
+    pub fn add_token(&self, token: &str, user: UserInfo) -> Result<(), Error> {
+        self.authenticator()?.add_token(token, user);
+        Ok(())
+    }
+
+    /// Revokes an in-memory token; false if it was not there.
+    pub fn remove_token(&self, token: &str) -> bool {
+        self.authenticator()
+            .map(|a| a.remove_token(token))
+            .unwrap_or(false)
+    }
+
+    fn authenticator(&self) -> Result<&auth::Authenticator, Error> {
+        self.shared
+            .security
+            .authenticator
+            .as_ref()
+            .ok_or(Error::NoAuthentication)
+    }
+
+    /// Writes what a pod's service account volume holds to `dir` (`token`,
+    /// `ca.crt` with TLS, `namespace`), registering a new random token for
+    /// `system:serviceaccount:NAMESPACE:NAME` (groups
+    /// `system:serviceaccounts`, `system:serviceaccounts:NAMESPACE`);
+    /// returns the token.
+    pub fn write_service_account_dir(
+        &self,
+        dir: &Path,
+        namespace: &str,
+        name: &str,
+    ) -> Result<String, Error> {
+        let token = random_token();
+        self.add_token(&token, UserInfo::service_account(namespace, name))?;
+        let write = |file: &str, text: &str| {
+            let path = dir.join(file);
+            std::fs::write(&path, text).map_err(|source| Error::File { path, source })
+        };
+        std::fs::create_dir_all(dir).map_err(|source| Error::File {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write("token", &token)?;
+        write("namespace", namespace)?;
+        if let Some(ca) = self.ca_pem() {
+            write("ca.crt", &ca)?;
+        }
+        Ok(token)
+    }
+
+    /// Replaces the RBAC rules with those in `yaml` (see
+    /// [`Policy::from_yaml`]); RBAC is on from now on. Requests are only
+    /// authorized with authentication on.
+    pub fn set_rbac_yaml(&self, yaml: &str) -> Result<(), Error> {
+        let policy = Policy::from_yaml(yaml)?;
+        self.shared.security.authorizer.set_policy(policy);
+        Ok(())
+    }
+
+    /// Every authorization decision so far (the last 100,000), oldest
+    /// first.
+    pub fn authz_log(&self) -> Vec<AuthzDecision> {
+        self.shared.security.authorizer.log()
+    }
+
+    /// A kube-rs configuration for this server (with TLS: its CA and the
+    /// admin client certificate).
     pub fn kube_config(&self) -> kube::Config {
         let uri = self
             .url()
             .parse()
             .unwrap_or_else(|_| unreachable!("a socket address makes a valid URL"));
-        kube::Config::new(uri)
+        let mut config = kube::Config::new(uri);
+        if let Some((ca, _)) = &self.shared.security.tls {
+            config.root_cert = Some(vec![ca.cert_der().to_vec()]);
+            if let Credential::ClientCert(cert) = self.admin_credential() {
+                let data = serde_json::json!({
+                    "client-certificate-data": base64_text(&cert.cert_pem),
+                    "client-key-data": base64_text(&cert.key_pem),
+                });
+                // Two strings always make an AuthInfo.
+                if let Ok(auth_info) = serde_json::from_value(data) {
+                    config.auth_info = auth_info;
+                }
+            }
+        }
+        config
     }
 
-    /// A kube-rs client for this server. Call it inside a tokio runtime (the
-    /// client spawns a task there).
+    /// A kube-rs client for this server (as [`kube_config`](Self::kube_config)).
+    /// Call it inside a tokio runtime (the client spawns a task there).
     pub fn client(&self) -> Result<kube::Client, Error> {
         kube::Client::try_from(self.kube_config()).map_err(|e| Error::Client(e.to_string()))
     }
@@ -333,7 +664,7 @@ impl TestApiServer {
     /// uid, creationTimestamp, resourceVersion, an ADDED event); returns it
     /// as stored.
     pub fn create_node(&self, node: Node) -> Result<Node, ApiError> {
-        let stored = handlers::create_typed(&self.shared, node, false)?;
+        let stored = handlers::create_typed(&self.shared, node, false, None)?;
         Ok(stored.node.clone())
     }
 
@@ -403,8 +734,11 @@ impl TestApiServer {
             subresource,
             patch_type.content_type(),
             &body,
-            false,
-            &BTreeMap::new(),
+            &handlers::WriteOptions {
+                dry_run: false,
+                query: &BTreeMap::new(),
+                manager: None,
+            },
         )?;
         Ok(stored.node.clone())
     }
@@ -590,7 +924,7 @@ impl TestApiServer {
                     meta.remove(owned);
                 }
             }
-            handlers::create_node(&self.shared, item, false, &BTreeMap::new())?;
+            handlers::create_node(&self.shared, item, false, &BTreeMap::new(), None)?;
             count += 1;
         }
         Ok(count)
@@ -624,13 +958,69 @@ fn bind(addr: SocketAddr) -> Result<StdTcpListener, Error> {
 
 /// Writes a kubeconfig for a plain-HTTP server at `server` to `path`.
 pub fn write_kubeconfig_file(path: &Path, server: &str) -> Result<(), Error> {
+    write_kubeconfig_with(path, server, None, &Credential::None)
+}
+
+fn base64_text(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A random bearer token (32 hex digits from the OS's generator).
+pub fn random_token() -> String {
+    use rsa::rand_core::RngCore as _;
+    let mut bytes = [0u8; 16];
+    rsa::rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes a kubeconfig (cluster, context and user all named `test`) for
+/// the server at `server`, trusting `ca_pem` when given, with `credential`.
+pub fn write_kubeconfig_with(
+    path: &Path,
+    server: &str,
+    ca_pem: Option<&str>,
+    credential: &Credential,
+) -> Result<(), Error> {
+    let quote = |text: &str| serde_json::Value::String(text.to_string()).to_string();
+    let mut cluster = format!("    server: {}\n", quote(server));
+    if let Some(ca) = ca_pem {
+        cluster.push_str(&format!(
+            "    certificate-authority-data: {}\n",
+            base64_text(ca)
+        ));
+    }
+    let user = match credential {
+        Credential::None => "  user: {}\n".to_string(),
+        Credential::ClientCert(cert) => format!(
+            "  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            base64_text(&cert.cert_pem),
+            base64_text(&cert.key_pem)
+        ),
+        Credential::Token(token) => format!("  user:\n    token: {}\n", quote(token)),
+        Credential::TokenFile(file) => format!(
+            "  user:\n    tokenFile: {}\n",
+            quote(&file.to_string_lossy())
+        ),
+    };
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n{cluster}contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\ncurrent-context: test\nusers:\n- name: test\n{user}"
     );
     std::fs::write(path, text).map_err(|source| Error::File {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// A kube-rs client from a kubeconfig file (TLS, client certificates,
+/// tokens and token files as kube-rs supports them).
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client, Error> {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(path).map_err(|e| Error::Client(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| Error::Client(e.to_string()))?;
+    kube::Client::try_from(config).map_err(|e| Error::Client(e.to_string()))
 }
 
 /// A Node as a kubelet registers it: Ready, with an InternalIP, a Hostname

@@ -210,7 +210,8 @@ pub fn prepare_for_update(new: &mut Node, old: &Node, subresource: Subresource) 
     meta.generation = old_meta.generation;
     meta.namespace = None;
     meta.self_link = None;
-    meta.managed_fields = None;
+    // The writer's entry is added by the handler (see `managed.rs`).
+    meta.managed_fields = old_meta.managed_fields.clone();
 }
 
 /// The checks of `ValidateNode` that a test can plausibly trip: name,

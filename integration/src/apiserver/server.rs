@@ -22,10 +22,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::auth::{Authenticator, UserInfo};
 use super::node::Subresource;
+use super::rbac::{Authorizer, Target, UNAUTHENTICATED};
 use super::status::ApiError;
 use super::store::{Store, Stored};
 use super::table::{self, IncludeObject};
+use super::tls::CertAuthority;
 use super::{discovery, handlers, RequestRecord, Verb};
 
 /// The response body: a whole JSON document or a watch stream.
@@ -95,6 +98,20 @@ impl Stats {
     }
 }
 
+/// HTTPS, authentication and authorization, when on.
+pub struct Security {
+    /// The CA and the serving configuration (None: plain HTTP).
+    pub tls: Option<(CertAuthority, Arc<rustls::ServerConfig>)>,
+    /// With TLS: the `system:admin` (`system:masters`) client certificate
+    /// of the kubeconfigs and clients the server hands out, made once.
+    pub admin: Option<super::tls::IssuedCert>,
+    /// None: no authentication (every request is anonymous and allowed).
+    pub authenticator: Option<Authenticator>,
+    /// RBAC (or allow-all) and the decision log; consulted only with
+    /// authentication on.
+    pub authorizer: Authorizer,
+}
+
 /// Everything the handlers share.
 pub struct Shared {
     pub store: Store,
@@ -102,11 +119,23 @@ pub struct Shared {
     pub stats: Stats,
     pub bookmark_interval: Duration,
     pub addr: SocketAddr,
+    pub security: Security,
+    /// Whether `sendInitialEvents` (streaming lists) is served; false
+    /// answers it 422 as a server with the WatchList gate off does.
+    pub watch_list: bool,
 }
 
 impl Shared {
-    pub fn new(addr: SocketAddr, history_limit: usize, bookmark_interval: Duration) -> Shared {
+    pub fn new(
+        addr: SocketAddr,
+        history_limit: usize,
+        bookmark_interval: Duration,
+        security: Security,
+        watch_list: bool,
+    ) -> Shared {
         Shared {
+            security,
+            watch_list,
             store: Store::new(history_limit),
             faults: Faults {
                 fail: Mutex::new(None),
@@ -153,15 +182,20 @@ pub async fn serve(
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(handle(shared, request).await) }
-                        });
-                        // Errors here are clients going away or our own
-                        // deliberate cuts (drop_watches); nothing to do.
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        match &shared.security.tls {
+                            None => serve_connection(stream, shared.clone(), None).await,
+                            Some((ca, config)) => {
+                                let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+                                // A failed handshake is the client's problem.
+                                let Ok(tls) = acceptor.accept(stream).await else { return };
+                                let certificate_user = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| ca.authenticate(chain));
+                                serve_connection(tls, shared.clone(), certificate_user).await
+                            }
+                        }
                     });
                 }
                 // Out of file descriptors and the like: back off a little.
@@ -174,6 +208,57 @@ pub async fn serve(
     drop(listener);
     connections.shutdown().await;
     let _ = done.send(());
+}
+
+/// Serves one connection; `certificate_user` is its verified client
+/// certificate's user.
+async fn serve_connection<I>(io: I, shared: Arc<Shared>, certificate_user: Option<UserInfo>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let certificate_user = Arc::new(certificate_user);
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        let certificate_user = certificate_user.clone();
+        async move {
+            Ok::<_, Infallible>(handle(shared, certificate_user.as_ref().as_ref(), request).await)
+        }
+    });
+    // Errors here are clients going away or our own deliberate cuts
+    // (drop_watches); nothing to do.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// The request's user, and whether it may do what it asks: None when
+/// authentication is off. Health checks stay open to anonymous requests
+/// (anonymous authentication is off otherwise: 401).
+fn admit(
+    shared: &Shared,
+    certificate_user: Option<&UserInfo>,
+    request: &Request<Incoming>,
+    path: &str,
+    query: &BTreeMap<String, String>,
+) -> Result<Option<UserInfo>, ApiError> {
+    let Some(authenticator) = &shared.security.authenticator else {
+        return Ok(None);
+    };
+    let target = Target::of(request.method(), path, query);
+    let authorization = header(request, http::header::AUTHORIZATION);
+    let user = match authenticator.authenticate(certificate_user, authorization) {
+        Some(user) => user,
+        None if request.method() == Method::GET
+            && matches!(path, "/healthz" | "/livez" | "/readyz") =>
+        {
+            let anonymous = UserInfo::new("system:anonymous", &[UNAUTHENTICATED]);
+            shared.security.authorizer.authorize(&anonymous, &target)?;
+            return Ok(Some(anonymous));
+        }
+        None => return Err(ApiError::unauthorized()),
+    };
+    shared.security.authorizer.authorize(&user, &target)?;
+    Ok(Some(user))
 }
 
 /// What a request is, for accounting (Kubernetes verbs, as in audit logs).
@@ -211,22 +296,35 @@ pub fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    shared: Arc<Shared>,
+    certificate_user: Option<&UserInfo>,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = parse_query(request.uri().query());
     let verb = classify(&method, &path, &query);
     shared.stats.count(verb);
+    let field_manager = query.get("fieldManager").cloned();
 
     // A paused server accepts connections but answers nothing until resumed.
     let mut paused = shared.faults.paused.subscribe();
     let _ = paused.wait_for(|p| !*p).await;
 
+    let mut user = None;
     let response = match shared.failing() {
         Some(code) => error_response(&ApiError::injected(code)),
-        None => match route(&shared, request, &path, &query).await {
-            Ok(response) => response,
+        None => match admit(&shared, certificate_user, &request, &path, &query) {
             Err(error) => error_response(&error),
+            Ok(admitted) => {
+                user = admitted;
+                let manager = writer_manager(&request, field_manager.as_deref());
+                match route(&shared, request, &path, &query, manager.as_deref()).await {
+                    Ok(response) => response,
+                    Err(error) => error_response(&error),
+                }
+            }
         },
     };
     let full_path = match serde_urlencoded_query(&query) {
@@ -238,8 +336,21 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
         path: full_path,
         verb,
         status: response.status().as_u16(),
+        user: user.map(|u| u.name),
+        field_manager,
     });
     response
+}
+
+/// The manager a write's managedFields entry names: `fieldManager`, else
+/// the User-Agent up to its first '/' (as kube-apiserver does).
+fn writer_manager(request: &Request<Incoming>, field_manager: Option<&str>) -> Option<String> {
+    if let Some(manager) = field_manager.filter(|m| !m.is_empty()) {
+        return Some(manager.to_string());
+    }
+    let agent = header(request, http::header::USER_AGENT)?;
+    let prefix = agent.split('/').next().unwrap_or("").trim();
+    (!prefix.is_empty()).then(|| prefix.chars().take(128).collect())
 }
 
 fn serde_urlencoded_query(query: &BTreeMap<String, String>) -> String {
@@ -302,6 +413,7 @@ async fn route(
     request: Request<Incoming>,
     path: &str,
     query: &BTreeMap<String, String>,
+    manager: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
@@ -333,7 +445,7 @@ async fn route(
         ["api", "v1", "nodes"] => match method {
             Method::GET if is_watch(query) => handlers::watch(shared, &request, query, None),
             Method::GET => handlers::list(shared, &request, query),
-            Method::POST => handlers::create(shared, request, query).await,
+            Method::POST => handlers::create(shared, request, query, manager).await,
             Method::DELETE => handlers::delete_collection(shared, query),
             _ => Err(ApiError::method_not_allowed()),
         },
@@ -343,9 +455,11 @@ async fn route(
         }
         ["api", "v1", "nodes", name] => match method {
             Method::GET => handlers::get_one(shared, &request, name),
-            Method::PUT => handlers::update(shared, request, query, name, Subresource::Main).await,
+            Method::PUT => {
+                handlers::update(shared, request, query, name, Subresource::Main, manager).await
+            }
             Method::PATCH => {
-                handlers::patch_one(shared, request, query, name, Subresource::Main).await
+                handlers::patch_one(shared, request, query, name, Subresource::Main, manager).await
             }
             Method::DELETE => handlers::delete(shared, request, query, name).await,
             _ => Err(ApiError::method_not_allowed()),
@@ -353,10 +467,11 @@ async fn route(
         ["api", "v1", "nodes", name, "status"] => match method {
             Method::GET => handlers::get_one(shared, &request, name),
             Method::PUT => {
-                handlers::update(shared, request, query, name, Subresource::Status).await
+                handlers::update(shared, request, query, name, Subresource::Status, manager).await
             }
             Method::PATCH => {
-                handlers::patch_one(shared, request, query, name, Subresource::Status).await
+                handlers::patch_one(shared, request, query, name, Subresource::Status, manager)
+                    .await
             }
             _ => Err(ApiError::method_not_allowed()),
         },

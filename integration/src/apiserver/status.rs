@@ -25,6 +25,9 @@ pub struct ApiError {
     pub causes: Vec<(String, String, String)>,
     /// Seconds for a `Retry-After` header and `details.retryAfterSeconds`.
     pub retry_after: Option<u64>,
+    /// `details` exactly, when it is not about a Node (Forbidden names the
+    /// resource asked for, ListOptions errors their own kind).
+    pub details: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -36,7 +39,48 @@ impl ApiError {
             name: None,
             causes: Vec::new(),
             retry_after: None,
+            details: None,
         }
+    }
+
+    /// 401 as kube-apiserver answers a request without valid credentials.
+    pub fn unauthorized() -> Self {
+        Self::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// 403 with kube-apiserver's wording and `details` (see `rbac.rs`).
+    pub fn forbidden(message: String, details: Value) -> Self {
+        let mut error = Self::new(403, "Forbidden", message);
+        error.details = Some(Box::new(details));
+        error
+    }
+
+    /// 422 for invalid list or watch options
+    /// (`ListOptions.meta.k8s.io "" is invalid: ...`), one cause per field
+    /// error.
+    pub fn invalid_list_options(causes: Vec<(String, String, String)>) -> Self {
+        let list: Vec<String> = causes
+            .iter()
+            .map(|(_, field, message)| format!("{field}: {message}"))
+            .collect();
+        let joined = if list.len() == 1 {
+            list.join("")
+        } else {
+            format!("[{}]", list.join(", "))
+        };
+        let mut error = Self::new(
+            422,
+            "Invalid",
+            format!("ListOptions.meta.k8s.io \"\" is invalid: {joined}"),
+        );
+        let causes: Vec<Value> = causes
+            .iter()
+            .map(|(reason, field, message)| json!({"reason": reason, "message": message, "field": field}))
+            .collect();
+        error.details = Some(Box::new(
+            json!({"group": "meta.k8s.io", "kind": "ListOptions", "causes": causes}),
+        ));
+        error
     }
 
     fn named(mut self, name: &str) -> Self {
@@ -234,7 +278,9 @@ impl ApiError {
             if !self.reason.is_empty() {
                 map.insert("reason".into(), json!(self.reason));
             }
-            if !details.is_empty() {
+            if let Some(exact) = &self.details {
+                map.insert("details".into(), exact.as_ref().clone());
+            } else if !details.is_empty() {
                 map.insert("details".into(), Value::Object(details));
             }
             map.insert("code".into(), json!(self.code));

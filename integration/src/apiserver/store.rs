@@ -367,6 +367,7 @@ impl Store {
                 name: None,
                 causes: Vec::new(),
                 retry_after: Some(1),
+                details: None,
             });
         }
         if at < state.compacted {

@@ -10,8 +10,12 @@
 //! - `allowWatchBookmarks=true`: a BOOKMARK every bookmark interval (and on
 //!   demand), carrying the resourceVersion up to which this watch has seen
 //!   every change;
-//! - `sendInitialEvents=true` (watch-list): the synthetic ADDED events end
-//!   with a BOOKMARK annotated `k8s.io/initial-events-end: "true"`;
+//! - `sendInitialEvents=true` (watch-list, KEP 3157; with
+//!   `resourceVersionMatch=NotOlderThan` and `allowWatchBookmarks=true`, else
+//!   422 Invalid as kube-apiserver validates it): the synthetic ADDED events
+//!   end with a BOOKMARK annotated `k8s.io/initial-events-end: "true"`
+//!   carrying the snapshot's resourceVersion; a server with watch-list off
+//!   answers any `sendInitialEvents` 422 (Kubernetes 1.33's default);
 //! - selectors: a change that makes an object match is an ADDED, one that
 //!   makes it stop matching is a DELETED (watch-cache semantics);
 //! - `timeoutSeconds` ends the stream cleanly; so does `end_watches()`,
@@ -32,7 +36,7 @@ use tokio::time::Instant;
 
 use super::handlers::{parse_rv, Selectors};
 use super::server::{Body, Format, Shared};
-use super::status::ApiError;
+use super::status::{field_forbidden, ApiError};
 use super::store::{Event, EventType, Stored};
 use super::table::{self, IncludeObject};
 
@@ -58,6 +62,7 @@ impl WatchParams {
         selectors: Selectors,
         format: Format,
         include: IncludeObject,
+        watch_list: bool,
     ) -> Result<WatchParams, ApiError> {
         let flag = |name: &str| matches!(query.get(name).map(String::as_str), Some("true" | "1"));
         let rv = query
@@ -66,17 +71,46 @@ impl WatchParams {
             .unwrap_or("");
         let send_initial_events = flag("sendInitialEvents");
         let bookmarks = flag("allowWatchBookmarks");
+        // As kube-apiserver's ValidateListOptions for watches.
+        let rv_match = query
+            .get("resourceVersionMatch")
+            .map(String::as_str)
+            .unwrap_or("");
+        let mut causes = Vec::new();
         if query.contains_key("sendInitialEvents") {
-            if query.get("resourceVersionMatch").map(String::as_str) != Some("NotOlderThan") {
-                return Err(ApiError::bad_request(
-                    "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            if rv_match != "NotOlderThan" {
+                causes.push(field_forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
                 ));
             }
-            if send_initial_events && !bookmarks {
-                return Err(ApiError::bad_request(
-                    "allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true",
+            if !watch_list {
+                causes.push(field_forbidden(
+                    "sendInitialEvents",
+                    "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
                 ));
             }
+        } else if !rv_match.is_empty() {
+            causes.push(field_forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        if !rv_match.is_empty() && rv_match != "NotOlderThan" {
+            causes.push((
+                "FieldValueNotSupported".to_string(),
+                "resourceVersionMatch".to_string(),
+                format!("Unsupported value: \"{rv_match}\": supported values: \"NotOlderThan\""),
+            ));
+        }
+        if send_initial_events && !bookmarks {
+            causes.push(field_forbidden(
+                "allowWatchBookmarks",
+                "sendInitialEvents requires setting allowWatchBookmarks to true",
+            ));
+        }
+        if !causes.is_empty() {
+            return Err(ApiError::invalid_list_options(causes));
         }
         let start = match rv {
             _ if send_initial_events => None,
