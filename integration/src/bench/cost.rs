@@ -243,6 +243,9 @@ impl EventCost {
     }
 }
 
+/// One figure of a run (for the CSV's columns).
+type Figure = dyn Fn(&CostRun) -> f64;
+
 impl BenchResult for EventCost {
     fn table(&self) -> String {
         let mut out = String::new();
@@ -306,7 +309,7 @@ impl BenchResult for EventCost {
             "error",
         ]);
         for size in &self.sizes {
-            let row = |run: String, r: &dyn Fn(&dyn Fn(&CostRun) -> f64) -> String| {
+            let row = |run: String, r: &dyn Fn(&Figure) -> String| {
                 vec![
                     size.peers.to_string(),
                     run,
