@@ -2,7 +2,8 @@
 //! `vendor-notes/node-watch.md`): a streaming list (`sendInitialEvents`,
 //! served from the API server's watch cache one object at a time, so no
 //! list body of every Node is ever held) where the server supports it,
-//! else list + watch from the watch cache (`resourceVersion=0`) in pages.
+//! else list + watch from the watch cache (`resourceVersion=0`), as
+//! upstream's informer does.
 //! Never a quorum read of every Node from every node at once.
 
 use std::fmt::Debug;
@@ -19,16 +20,14 @@ use tracing::info;
 /// For benchmarks and labs comparing the two.
 pub const INITIAL_LIST_ENV: &str = "FLANNEL_EMBED_INITIAL_LIST";
 
-/// Objects per page of a paged list: 100 kubelet-shaped Nodes are about
-/// 1.2 MB of body (kube-runtime's default of 500 would be 6 MB).
-pub const LIST_PAGE_SIZE: u32 = 100;
-
 /// How a watcher gets its initial list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InitialList {
     /// `watch?sendInitialEvents=true&resourceVersionMatch=NotOlderThan`.
     Streaming,
-    /// `list?resourceVersion=0&limit=<page>`, then watch.
+    /// `list?resourceVersion=0&resourceVersionMatch=NotOlderThan` (one
+    /// page: kube-core drops `resourceVersion=0` from a list with a `limit`,
+    /// which would make it a quorum read), then watch.
     ListWatch,
 }
 
@@ -65,7 +64,11 @@ impl InitialList {
     pub fn config(self, base: watcher::Config) -> watcher::Config {
         match self {
             InitialList::Streaming => base.streaming_lists(),
-            InitialList::ListWatch => base.any_semantic().page_size(LIST_PAGE_SIZE),
+            InitialList::ListWatch => {
+                let mut config = base.any_semantic();
+                config.page_size = None;
+                config
+            }
         }
     }
 
@@ -220,12 +223,12 @@ mod tests {
             watcher::InitialListStrategy::StreamingList
         );
         assert_eq!(streaming.field_selector.as_deref(), Some("a=b"));
-        let paged = InitialList::ListWatch.config(watcher::Config::default());
+        let cached = InitialList::ListWatch.config(watcher::Config::default());
         assert_eq!(
-            paged.initial_list_strategy,
+            cached.initial_list_strategy,
             watcher::InitialListStrategy::ListWatch
         );
-        assert_eq!(paged.list_semantic, watcher::ListSemantic::Any);
-        assert_eq!(paged.page_size, Some(LIST_PAGE_SIZE));
+        assert_eq!(cached.list_semantic, watcher::ListSemantic::Any);
+        assert_eq!(cached.page_size, None);
     }
 }

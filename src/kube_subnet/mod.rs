@@ -24,7 +24,7 @@ pub use annotations::{
     FLANNEL_IS_UP_MESSAGE, FLANNEL_IS_UP_REASON, HOST_GW_BACKEND_DATA, NETWORK_UNAVAILABLE,
 };
 use initial_list::node_events;
-pub use initial_list::{refuses_streaming, InitialList, INITIAL_LIST_ENV, LIST_PAGE_SIZE};
+pub use initial_list::{refuses_streaming, InitialList, INITIAL_LIST_ENV};
 pub use lease::{lease_state, Lease, LeaseError, LeaseState};
 pub use node::{SlimNode, SlimNodeSpec, PEER_ANNOTATION_NAMES};
 pub use peers::{
