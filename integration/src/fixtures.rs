@@ -9,7 +9,13 @@ use std::time::{Duration, Instant};
 
 use flannel_embed::wireguard::Key;
 use flannel_embed::{Backend, Config, Handle};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints,
+    NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::apiserver::{ready_node, Options, TestApiServer};
 use crate::netns::TestNetns;
@@ -59,6 +65,271 @@ pub fn wireguard_peer(index: u32) -> Node {
             ("public-ip", &peer_public_ip(index)),
         ],
     )
+}
+
+/// How the benchmarks' peer Nodes look: `minimal` is [`vxlan_peer`] as it
+/// is; `kubelet` dresses it up as a real kubelet and k3s leave it
+/// ([`kubelet_shaped`], about 15 KB of JSON each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeShape {
+    /// Only what flannel reads, plus a Ready condition.
+    Minimal,
+    /// Labels, k3s and kubeadm annotations, five conditions, capacity,
+    /// nodeInfo and 50 images, as `kubectl get node -o json` shows them.
+    #[default]
+    Kubelet,
+}
+
+impl NodeShape {
+    /// The i-th vxlan peer in this shape.
+    pub fn vxlan_peer(self, index: u32) -> Node {
+        match self {
+            NodeShape::Minimal => vxlan_peer(index),
+            NodeShape::Kubelet => kubelet_shaped(vxlan_peer(index), index),
+        }
+    }
+
+    /// The name `--nodes-shape` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeShape::Minimal => "minimal",
+            NodeShape::Kubelet => "kubelet",
+        }
+    }
+}
+
+impl std::str::FromStr for NodeShape {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "minimal" => Ok(NodeShape::Minimal),
+            "kubelet" => Ok(NodeShape::Kubelet),
+            other => Err(format!("'{other}' is not a node shape (minimal, kubelet)")),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `node` (the i-th of its cluster) as a k3s agent's kubelet keeps it:
+/// well-known and k3s labels, the k3s and kubeadm annotations (the
+/// node-args JSON is the large one) beside whatever annotations it had,
+/// five conditions, addresses, capacity and allocatable, the kubelet
+/// endpoint, nodeInfo, a providerID, a taint on every tenth node and 50
+/// images with a digest and a tag name each. About 15 KB of JSON (a little heavier than the 12 KB of a typical k3s node, so the figures err on the heavy side); the
+/// same for the same index in every run. Its name, spec.podCIDR(s) and
+/// flannel annotations are left as they are.
+pub fn kubelet_shaped(mut node: Node, index: u32) -> Node {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let internal_ip = format!(
+        "172.{}.{}.{}",
+        16 + index / 65536 % 16,
+        index / 256 % 256,
+        index % 256
+    );
+    let zone = ["a", "b", "c"][index as usize % 3];
+    let labels = node.metadata.labels.get_or_insert_with(BTreeMap::new);
+    for (key, value) in [
+        ("beta.kubernetes.io/arch", "amd64".to_string()),
+        ("beta.kubernetes.io/os", "linux".to_string()),
+        ("beta.kubernetes.io/instance-type", "k3s".to_string()),
+        ("kubernetes.io/arch", "amd64".to_string()),
+        ("kubernetes.io/os", "linux".to_string()),
+        ("kubernetes.io/hostname", name.clone()),
+        ("node.kubernetes.io/instance-type", "m6i.xlarge".to_string()),
+        ("node-role.kubernetes.io/worker", "true".to_string()),
+        ("topology.kubernetes.io/region", "eu-west-1".to_string()),
+        ("topology.kubernetes.io/zone", format!("eu-west-1{zone}")),
+        (
+            "failure-domain.beta.kubernetes.io/region",
+            "eu-west-1".to_string(),
+        ),
+        (
+            "failure-domain.beta.kubernetes.io/zone",
+            format!("eu-west-1{zone}"),
+        ),
+        ("k3s.io/hostname", name.clone()),
+        ("k3s.io/internal-ip", internal_ip.clone()),
+        ("node.k3s.io/pool", format!("pool-{}", index % 7)),
+    ] {
+        labels.insert(key.to_string(), value);
+    }
+    let node_args = format!(
+        r#"["agent","--server","https://k3s-api.example.internal:6443","--token","********","--node-name","{name}","--node-ip","{internal_ip}","--node-label","node.k3s.io/pool=pool-{pool}","--kubelet-arg","max-pods=110","--kubelet-arg","eviction-hard=memory.available<100Mi,nodefs.available<10%","--kubelet-arg","kube-reserved=cpu=200m,memory=256Mi","--kubelet-arg","system-reserved=cpu=200m,memory=256Mi","--flannel-iface","eth0","--with-node-id","--resolv-conf","/run/systemd/resolve/resolv.conf","--protect-kernel-defaults","--selinux"]"#,
+        pool = index % 7
+    );
+    let annotations = node.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for (key, value) in [
+        ("alpha.kubernetes.io/provided-node-ip", internal_ip.clone()),
+        ("k3s.io/hostname", name.clone()),
+        ("k3s.io/internal-ip", internal_ip.clone()),
+        ("k3s.io/node-args", node_args),
+        (
+            "k3s.io/node-config-hash",
+            format!("{:0>52}", format!("{:X}", u64::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15))),
+        ),
+        (
+            "k3s.io/node-env",
+            r#"{"K3S_DATA_DIR":"/var/lib/rancher/k3s/data/9f2d4c9c0e6e1c6f1d7f2a5b0b6e3f4a","K3S_TOKEN":"********","K3S_URL":"https://k3s-api.example.internal:6443"}"#.to_string(),
+        ),
+        ("kubeadm.alpha.kubernetes.io/cri-socket", "unix:///run/k3s/containerd/containerd.sock".to_string()),
+        ("node.alpha.kubernetes.io/ttl", "0".to_string()),
+        ("volumes.kubernetes.io/controller-managed-attach-detach", "true".to_string()),
+        ("csi.volume.kubernetes.io/nodeid", format!(r#"{{"ebs.csi.aws.com":"i-{index:017x}"}}"#)),
+    ] {
+        annotations.insert(key.to_string(), value);
+    }
+    let spec = node.spec.get_or_insert_with(Default::default);
+    spec.provider_id = Some(format!("k3s://{name}"));
+    if index % 10 == 0 {
+        spec.taints = Some(vec![Taint {
+            key: "dedicated".into(),
+            value: Some("batch".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        }]);
+    }
+    let since = Time(Timestamp::from_second(1_780_000_000 + i64::from(index)).unwrap_or_default());
+    let heartbeat =
+        Time(Timestamp::from_second(1_790_000_000 + i64::from(index)).unwrap_or_default());
+    let condition = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(heartbeat.clone()),
+        last_transition_time: Some(since.clone()),
+    };
+    let quantities = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect()
+    };
+    let status = node.status.get_or_insert_with(Default::default);
+    status.conditions = Some(vec![
+        condition(
+            "NetworkUnavailable",
+            "False",
+            "FlannelIsUp",
+            "Flannel is running on this node",
+        ),
+        condition(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        condition(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        condition(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
+        condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        ),
+    ]);
+    status.addresses = Some(vec![
+        NodeAddress {
+            type_: "InternalIP".into(),
+            address: internal_ip,
+        },
+        NodeAddress {
+            type_: "Hostname".into(),
+            address: name,
+        },
+    ]);
+    status.capacity = Some(quantities(&[
+        ("cpu", "4"),
+        ("ephemeral-storage", "101430960Ki"),
+        ("hugepages-1Gi", "0"),
+        ("hugepages-2Mi", "0"),
+        ("memory", "16211928Ki"),
+        ("pods", "110"),
+    ]));
+    status.allocatable = Some(quantities(&[
+        ("cpu", "3600m"),
+        ("ephemeral-storage", "98670349773"),
+        ("hugepages-1Gi", "0"),
+        ("hugepages-2Mi", "0"),
+        ("memory", "15687640Ki"),
+        ("pods", "110"),
+    ]));
+    status.daemon_endpoints = Some(NodeDaemonEndpoints {
+        kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+    });
+    status.node_info = Some(NodeSystemInfo {
+        architecture: "amd64".into(),
+        boot_id: format!(
+            "{:08x}-1f2e-4d3c-8b7a-{:012x}",
+            index,
+            u64::from(index) * 7919
+        ),
+        container_runtime_version: "containerd://2.0.5-k3s1".into(),
+        kernel_version: "6.12.48+deb13-amd64".into(),
+        kube_proxy_version: "v1.33.5+k3s1".into(),
+        kubelet_version: "v1.33.5+k3s1".into(),
+        machine_id: format!(
+            "{:032x}",
+            u128::from(index).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        ),
+        operating_system: "linux".into(),
+        os_image: "Debian GNU/Linux 13 (trixie)".into(),
+        system_uuid: format!("ec2{:05x}-5e1a-4c1d-9a3f-{:012x}", index % 0xfffff, index),
+        ..Default::default()
+    });
+    status.images = Some(
+        (0..50u32)
+            .map(|i| {
+                let repository = format!(
+                    "registry.example.internal/{}/{}",
+                    ["platform", "apps", "monitoring", "rancher", "library"][i as usize % 5],
+                    [
+                        "mirrored-coredns-coredns",
+                        "local-path-provisioner",
+                        "klipper-helm",
+                        "mirrored-metrics-server",
+                        "traefik",
+                        "prometheus-node-exporter",
+                        "fluent-bit",
+                        "api-gateway",
+                        "orders-service",
+                        "payments-worker",
+                    ][i as usize % 10]
+                );
+                let digest = format!(
+                    "{:016x}{:016x}{:016x}{:016x}",
+                    u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    u64::from(i + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+                    u64::from(i + 2).wrapping_mul(0x94d0_49bb_1331_11eb),
+                    u64::from(i + 3).wrapping_mul(0x2545_f491_4f6c_dd1d),
+                );
+                ContainerImage {
+                    names: Some(vec![
+                        format!("{repository}@sha256:{digest}"),
+                        format!("{repository}:v{}.{}.{}", 1 + i % 3, i % 17, i % 5),
+                    ]),
+                    size_bytes: Some(i64::from(i + 1) * 7_340_033 + i64::from(index % 1000)),
+                }
+            })
+            .collect(),
+    );
+    node
 }
 
 /// The public key of [`wireguard_peer`]`(index)`: 32 bytes from a
@@ -327,6 +598,30 @@ mod tests {
         let keys: std::collections::BTreeSet<Key> = (0..20_000).map(wireguard_peer_key).collect();
         assert_eq!(keys.len(), 20_000);
         assert_eq!(wireguard_peer_key(3), wireguard_peer_key(3));
+    }
+
+    #[test]
+    fn kubelet_shaped_nodes_weigh_about_15_kb_and_keep_what_flannel_reads() {
+        let node = NodeShape::Kubelet.vxlan_peer(4321);
+        let size = serde_json::to_vec(&node).unwrap().len();
+        assert!((12_000..17_000).contains(&size), "{size} bytes");
+        let minimal = vxlan_peer(4321);
+        assert_eq!(node.metadata.name, minimal.metadata.name);
+        assert_eq!(
+            node.spec.as_ref().unwrap().pod_cidrs,
+            minimal.spec.as_ref().unwrap().pod_cidrs
+        );
+        let annotations = node.metadata.annotations.clone().unwrap_or_default();
+        for (key, value) in minimal.metadata.annotations.unwrap_or_default() {
+            assert_eq!(annotations.get(&key), Some(&value), "{key}");
+        }
+        assert!(annotations.contains_key("k3s.io/node-args"));
+        let status = node.status.clone().unwrap();
+        assert_eq!(status.conditions.unwrap().len(), 5);
+        assert_eq!(status.images.unwrap().len(), 50);
+        assert_eq!(kubelet_shaped(vxlan_peer(4321), 4321), node);
+        assert_eq!(NodeShape::Minimal.vxlan_peer(4321), vxlan_peer(4321));
+        assert_eq!("kubelet".parse::<NodeShape>(), Ok(NodeShape::Kubelet));
     }
 
     #[test]

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use flannel_embed::config::NetConf;
 use flannel_embed::kube_subnet::{
-    build_peer_set, watch_peers, AnnotationKeys, Lease, PeerContext, PeerSnapshot, SlimNode,
+    build_peer_set, watch_peers, watch_peers_with, AnnotationKeys, InitialList, Lease, PeerContext,
+    PeerSnapshot, SlimNode,
 };
 use flannel_embed::{spawn, Config, Handle, MacAddr, Phase, Status};
 use integration::apiserver::{ready_node, Options, TestApiServer, Verb};
-use integration::fixtures::{annotated, vxlan_peer, without, PREFIX};
+use integration::fixtures::{annotated, vxlan_peer, without, NodeShape, PREFIX};
 use integration::netns::TestNetns;
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
@@ -315,20 +316,73 @@ fn change_peers(server: &TestApiServer, round: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_peer_set_converges_through_dropped_watches_errors_and_restarts() {
+    // The test server reports 1.33 and serves streaming lists: the
+    // automatic choice streams.
+    let server = converges_through_faults(None, NodeShape::Minimal).await;
+    let log = server.request_log();
+    assert!(
+        log.iter()
+            .any(|r| r.verb == Verb::Watch && r.path.contains("sendInitialEvents=true")),
+        "no streaming list in {log:#?}"
+    );
+    assert!(
+        !log.iter().any(|r| r.verb == Verb::List),
+        "a streaming watch lists nothing: {log:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_paged_list_watch_fallback_converges_through_faults_with_kubelet_nodes() {
+    let server = converges_through_faults(Some(InitialList::ListWatch), NodeShape::Kubelet).await;
+    let lists: Vec<String> = server
+        .request_log()
+        .into_iter()
+        .filter(|r| r.verb == Verb::List)
+        .map(|r| r.path)
+        .collect();
+    // From the watch cache (resourceVersion=0, one page), never a quorum
+    // list; again after the compacted history's relist.
+    assert!(lists.len() >= 2, "{lists:#?}");
+    for path in &lists {
+        assert!(path.contains("resourceVersion=0"), "{path}");
+        assert!(!path.contains("limit="), "{path}");
+    }
+}
+
+/// 300 peers in `shape` through dropped watches, 503s, a restart and a
+/// compacted history, with the initial list `strategy` (`None`: chosen
+/// from the server's version); returns the server for its request log.
+async fn converges_through_faults(
+    strategy: Option<InitialList>,
+    shape: NodeShape,
+) -> TestApiServer {
     let server = TestApiServer::start(Options::default()).unwrap();
     server
         .create_node(ready_node("node-a", Some("10.42.0.0/24")))
         .unwrap();
-    server.create_nodes((1..=300).map(vxlan_peer)).unwrap();
+    server
+        .create_nodes((1..=300).map(|i| shape.vxlan_peer(i)))
+        .unwrap();
     let ctx = peer_context("node-a");
     let (publish, mut peers) = watch::channel(PeerSnapshot::default());
-    let watcher = tokio::spawn(watch_peers(
-        server.client().unwrap(),
-        ctx.clone(),
-        publish,
-        "test credential".into(),
-        |_| {},
-    ));
+    let client = server.client().unwrap();
+    let watcher = match strategy {
+        None => tokio::spawn(watch_peers(
+            client,
+            ctx.clone(),
+            publish,
+            "test credential".into(),
+            |_| {},
+        )),
+        Some(strategy) => tokio::spawn(watch_peers_with(
+            client,
+            ctx.clone(),
+            publish,
+            strategy,
+            "test credential".into(),
+            |_| {},
+        )),
+    };
     {
         converges(&server, &ctx, &mut peers, Duration::from_secs(20))
             .await
@@ -370,6 +424,7 @@ async fn the_peer_set_converges_through_dropped_watches_errors_and_restarts() {
         "the watch never ends or restarts on its own"
     );
     watcher.abort();
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

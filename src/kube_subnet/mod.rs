@@ -4,8 +4,10 @@
 
 mod annotations;
 mod api_error;
+mod initial_list;
 mod lease;
 mod node;
+mod peer_set;
 mod peers;
 mod watch;
 
@@ -13,8 +15,7 @@ use std::pin::pin;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
@@ -24,13 +25,15 @@ pub use annotations::{
     FLANNEL_IS_UP_MESSAGE, FLANNEL_IS_UP_REASON, HOST_GW_BACKEND_DATA, NETWORK_UNAVAILABLE,
 };
 pub use api_error::{explain, explain_watch, Permission, CLUSTER_ROLE_RULES};
+use initial_list::node_events;
+pub use initial_list::{refuses_streaming, InitialList, INITIAL_LIST_ENV};
 pub use lease::{lease_state, Lease, LeaseError, LeaseState};
-pub use node::{SlimNode, SlimNodeSpec};
+pub use node::{SlimNode, SlimNodeSpec, PEER_ANNOTATION_NAMES};
 pub use peers::{
     assemble_peer_set, build_peer_set, Candidate, Peer, PeerBackend, PeerContext, PeerResolver,
     PeerSet, PeerSetBuild, SkipReason,
 };
-pub use watch::{watch_peers, PeerReceiver, PeerSnapshot};
+pub use watch::{watch_peers, watch_peers_with, PeerReceiver, PeerSnapshot};
 
 use crate::config::NetConf;
 
@@ -46,7 +49,8 @@ pub enum KubeError {
     WatchEnded(String),
 }
 
-/// Watches this node's own Node object (field selector on its name) until
+/// Watches this node's own Node object (field selector on its name, initial
+/// list as [`InitialList::choose`] picks it) until
 /// every family net-conf.json enables has a Pod CIDR, like k3s does before
 /// starting flannel: no crash loop and no polling. API errors are retried
 /// with kube-runtime's default backoff and logged; only an unusable Pod CIDR
@@ -61,10 +65,18 @@ pub async fn wait_for_lease(
     credential: &str,
     mut report: impl FnMut(&str),
 ) -> Result<(Lease, Node), KubeError> {
+    // One Node by a field selector: from the watch cache either way (a
+    // quorum list would have etcd read every Node to filter one, from
+    // every node of a restarting cluster at once).
+    let strategy = InitialList::choose(&client).await;
     let api: Api<Node> = Api::all(client);
     let selector = format!("metadata.name={node_name}");
-    let mut events =
-        pin!(watcher(api, watcher::Config::default().fields(&selector)).default_backoff());
+    let mut events = pin!(node_events(
+        api,
+        watcher::Config::default().fields(&selector),
+        strategy,
+        "this node's Node"
+    ));
     // Log each distinct waiting reason once, not on every event.
     let mut last_reason = String::new();
     let mut note = |reason: String, as_warning: bool| {

@@ -1,6 +1,8 @@
 //! A slim view of a Node: only what the network task reads. Watching every
 //! Node of a large cluster as full `k8s_openapi` objects would keep their
-//! images, conditions and managed fields in memory for nothing.
+//! images, conditions and managed fields in memory for nothing; and of the
+//! annotations only flannel's are kept (k3s's node-args and the like are
+//! large).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -13,7 +15,8 @@ use serde::Deserialize;
 /// skipped while deserializing.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct SlimNode {
-    /// name, uid, resourceVersion, creationTimestamp, annotations.
+    /// name, uid, resourceVersion, creationTimestamp, deletionTimestamp,
+    /// and the annotations a peer is read from ([`PEER_ANNOTATION_NAMES`]).
     #[serde(deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
     /// The Pod CIDR fields of the spec.
@@ -47,7 +50,56 @@ struct SlimMeta {
     #[serde(default)]
     deletion_timestamp: Option<Time>,
     #[serde(default)]
-    annotations: Option<BTreeMap<String, String>>,
+    annotations: Option<PeerAnnotations>,
+}
+
+/// The names (after the prefix) of the annotations a peer is read from.
+/// The prefix is per task and deserializing has no context, so every
+/// annotation whose key ends in one of these is kept, under any prefix
+/// (a foreign one that happens to match costs a few bytes, no more).
+pub const PEER_ANNOTATION_NAMES: [&str; 6] = [
+    "kube-subnet-manager",
+    "backend-type",
+    "backend-data",
+    "backend-v6-data",
+    "public-ip",
+    "public-ipv6",
+];
+
+/// Whether an annotation is one a peer may be read from.
+fn is_peer_annotation(key: &str) -> bool {
+    PEER_ANNOTATION_NAMES.iter().any(|name| key.ends_with(name))
+}
+
+/// The annotations map, keeping only [`is_peer_annotation`] entries; the
+/// others' values are skipped unread.
+struct PeerAnnotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for PeerAnnotations {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Kept;
+        impl<'de> serde::de::Visitor<'de> for Kept {
+            type Value = PeerAnnotations;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of annotations")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<PeerAnnotations, A::Error> {
+                let mut kept = BTreeMap::new();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if is_peer_annotation(&key) {
+                        kept.insert(key.into_owned(), map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(PeerAnnotations(kept))
+            }
+        }
+        deserializer.deserialize_map(Kept)
+    }
 }
 
 fn slim_meta<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
@@ -58,7 +110,7 @@ fn slim_meta<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Object
         resource_version: meta.resource_version,
         creation_timestamp: meta.creation_timestamp,
         deletion_timestamp: meta.deletion_timestamp,
-        annotations: meta.annotations,
+        annotations: meta.annotations.map(|kept| kept.0),
         ..ObjectMeta::default()
     })
 }
@@ -102,7 +154,12 @@ impl From<&Node> for SlimNode {
                 resource_version: node.metadata.resource_version.clone(),
                 creation_timestamp: node.metadata.creation_timestamp.clone(),
                 deletion_timestamp: node.metadata.deletion_timestamp.clone(),
-                annotations: node.metadata.annotations.clone(),
+                annotations: node.metadata.annotations.as_ref().map(|all| {
+                    all.iter()
+                        .filter(|(key, _)| is_peer_annotation(key))
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect()
+                }),
                 ..ObjectMeta::default()
             },
             spec: SlimNodeSpec {
@@ -148,7 +205,12 @@ mod tests {
             "metadata": {"name": "node-b", "uid": "u1", "resourceVersion": "42",
                          "creationTimestamp": "2026-11-26T05:00:00Z",
                          "labels": {"kubernetes.io/hostname": "node-b"},
-                         "annotations": {"flannel.alpha.coreos.com/public-ip": "192.168.1.13"},
+                         "annotations": {"flannel.alpha.coreos.com/public-ip": "192.168.1.13",
+                                         "k3s.io/node-args": "[\"agent\",\"--node-name\",\"node-b\"]",
+                                         "k3s.io/node-config-hash": "ABCDEF",
+                                         "node.alpha.kubernetes.io/ttl": "0",
+                                         "example.com/backend-data": "{}",
+                                         "flannel.alpha.coreos.com/backend-v6-data": "{\"VNI\":1}"},
                          "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
             "spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"], "providerID": "k3s://node-b"},
             "status": {"conditions": [{"type": "Ready", "status": "True"}], "images": [{"names": ["x"]}]}
@@ -162,6 +224,25 @@ mod tests {
         );
         assert_eq!(node.pod_cidrs(), vec!["10.42.1.0/24".to_string()]);
         assert!(node.metadata.managed_fields.is_none() && node.metadata.labels.is_none());
+        // Only annotations a peer is read from are kept, under any prefix.
+        let kept: Vec<&str> = node
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "example.com/backend-data",
+                "flannel.alpha.coreos.com/backend-v6-data",
+                "flannel.alpha.coreos.com/public-ip"
+            ]
+        );
+        let null: SlimNode =
+            serde_json::from_str(r#"{"metadata": {"name": "n", "annotations": null}}"#).unwrap();
+        assert!(null.metadata.annotations.is_none());
         let only_old_field: SlimNode = serde_json::from_str(
             r#"{"metadata": {"name": "n"}, "spec": {"podCIDR": "10.42.2.0/24"}}"#,
         )

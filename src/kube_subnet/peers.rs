@@ -12,6 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use super::lease::{lease_state, network_contains, Lease, LeaseError, LeaseState};
+pub use super::peer_set::PeerSet;
 use super::{AnnotationKeys, SlimNode};
 use crate::config::{BackendConf, NetConf};
 use crate::mac::MacAddr;
@@ -50,91 +51,6 @@ pub struct Peer {
     pub backend_v4: Option<PeerBackend>,
     /// IPv6 backend data.
     pub backend_v6: Option<PeerBackend>,
-}
-
-/// Every programmable peer, by node name. Compared as a whole: an update
-/// that changes nothing here (a kubelet heartbeat) changes no snapshot.
-/// Names and peers are shared, so a copy per published snapshot costs a
-/// reference count per peer, not a deep clone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PeerSet {
-    peers: BTreeMap<Arc<str>, Arc<Peer>>,
-}
-
-impl PeerSet {
-    /// Number of peers.
-    pub fn len(&self) -> usize {
-        self.peers.len()
-    }
-    /// No peers at all.
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
-    }
-    /// A peer by node name.
-    pub fn get(&self, name: &str) -> Option<&Peer> {
-        self.peers.get(name).map(|p| &**p)
-    }
-    /// Peers in node-name order.
-    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values().map(|p| &**p)
-    }
-    /// Names of the peers that differ between `self` and `other` (added,
-    /// removed or changed), in name order. Peers shared between the two
-    /// sets compare by pointer, so this is cheap even at tens of thousands.
-    pub fn differing<'a>(&'a self, other: &'a PeerSet) -> Vec<&'a str> {
-        let mut names = Vec::new();
-        let mut mine = self.peers.iter().peekable();
-        let mut theirs = other.peers.iter().peekable();
-        loop {
-            match (mine.peek(), theirs.peek()) {
-                (None, None) => break,
-                (Some((name, _)), None) => {
-                    names.push(&***name);
-                    mine.next();
-                }
-                (None, Some((name, _))) => {
-                    names.push(&***name);
-                    theirs.next();
-                }
-                (Some((a, pa)), Some((b, pb))) => match a.cmp(b) {
-                    std::cmp::Ordering::Less => {
-                        names.push(&***a);
-                        mine.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        names.push(&***b);
-                        theirs.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if !Arc::ptr_eq(pa, pb) && pa != pb {
-                            names.push(&***a);
-                        }
-                        mine.next();
-                        theirs.next();
-                    }
-                },
-            }
-        }
-        names
-    }
-
-    fn insert(&mut self, peer: &Arc<Peer>) {
-        self.peers
-            .insert(Arc::from(peer.name.as_str()), peer.clone());
-    }
-}
-
-/// A peer set from validated peers (by their names; a later peer of the
-/// same name wins). The watch builds its sets from Nodes; this is for
-/// embedders and tests that have peers at hand.
-impl FromIterator<Peer> for PeerSet {
-    fn from_iter<I: IntoIterator<Item = Peer>>(peers: I) -> Self {
-        let mut set = PeerSet::default();
-        for peer in peers {
-            set.insert(&Arc::new(peer));
-        }
-        set
-    }
 }
 
 /// Why a Node is not a peer (each one is logged once as a warning).
@@ -408,7 +324,7 @@ impl PeerResolver {
         }
         // Overlapping nothing, this Node decides only its own entry.
         let before = (
-            self.build.peers.peers.remove(name),
+            self.build.peers.remove(name),
             self.build.skipped.remove(name),
         );
         match verdict {
@@ -418,11 +334,8 @@ impl PeerResolver {
             }
             Some(Ok(None)) | None => {}
         }
-        let after = (
-            self.build.peers.peers.get(name),
-            self.build.skipped.get(name),
-        );
-        let changed = (before.0.as_ref(), before.1.as_ref()) != after;
+        let after = (self.build.peers.get(name), self.build.skipped.get(name));
+        let changed = (before.0.as_deref(), before.1.as_ref()) != after;
         if changed {
             self.changed.push(name.to_string());
         }
@@ -434,33 +347,39 @@ impl PeerResolver {
         std::mem::take(&mut self.changed)
     }
 
+    /// The full build over every candidate, folded into the current set
+    /// peer by peer, so the published set keeps its history (and later
+    /// snapshots still compare by change log).
     fn rebuild(&mut self) -> bool {
         let build = assemble_peer_set(self.candidates.values(), &self.own_lease);
-        let old = std::mem::replace(&mut self.build, build);
-        let new = &self.build;
-        let mut names: Vec<&str> = Vec::new();
-        for (name, peer) in &new.peers.peers {
-            if old.peers.peers.get(name) != Some(peer) {
-                names.push(name);
+        let mut names: Vec<String> = self
+            .build
+            .peers
+            .differing(&build.peers)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        for name in &names {
+            match build.peers.get_shared(name) {
+                Some(peer) => self.build.peers.insert(peer),
+                None => {
+                    self.build.peers.remove(name);
+                }
             }
         }
-        for name in old.peers.peers.keys() {
-            if !new.peers.peers.contains_key(name) {
-                names.push(name);
+        let old_skipped = std::mem::replace(&mut self.build.skipped, build.skipped);
+        let new_skipped = &self.build.skipped;
+        for (name, reason) in new_skipped {
+            if old_skipped.get(name) != Some(reason) {
+                names.push(name.clone());
             }
         }
-        for (name, reason) in &new.skipped {
-            if old.skipped.get(name) != Some(reason) {
-                names.push(name);
-            }
-        }
-        for name in old.skipped.keys() {
-            if !new.skipped.contains_key(name) {
-                names.push(name);
+        for name in old_skipped.keys() {
+            if !new_skipped.contains_key(name) {
+                names.push(name.clone());
             }
         }
         let changed = !names.is_empty();
-        let names: Vec<String> = names.into_iter().map(str::to_string).collect();
         self.changed.extend(names);
         changed
     }

@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::{FutureExt, StreamExt};
-use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::api_error::{explain_watch, Permission};
+use super::initial_list::{node_events, InitialList};
 use super::lease::{lease_state, LeaseState};
 use super::peers::{Candidate, PeerContext, PeerResolver, PeerSet};
 use super::SlimNode;
@@ -108,46 +108,78 @@ impl NodeCache {
         }
     }
 
-    /// The current peer set; returns it with the skip reasons not said
-    /// before (node, reason), so each is logged exactly once.
-    fn snapshot(&mut self) -> (PeerSnapshot, Vec<(String, String)>) {
+    /// The current peer set (an O(1) copy of the persistent map), the
+    /// skip reasons not said before (node, reason), so each is logged
+    /// exactly once, and the names whose entry changed since the last
+    /// snapshot (sorted): only those are looked at, so a snapshot costs
+    /// O(changed · log n) whatever the cluster's size.
+    fn snapshot(&mut self) -> (PeerSnapshot, Vec<(String, String)>, Vec<String>) {
+        let mut touched = self.resolver.take_changed();
+        touched.sort_unstable();
+        touched.dedup();
         let build = self.resolver.build();
         let mut new_warnings = Vec::new();
-        for (name, reason) in &build.skipped {
-            let text = reason.to_string();
-            if self.warned.get(name) != Some(&text) {
-                self.warned.insert(name.clone(), text.clone());
-                new_warnings.push((name.clone(), text));
+        for name in &touched {
+            match build.skipped.get(name) {
+                Some(reason) => {
+                    let text = reason.to_string();
+                    if self.warned.get(name) != Some(&text) {
+                        self.warned.insert(name.clone(), text.clone());
+                        new_warnings.push((name.clone(), text));
+                    }
+                }
+                None => {
+                    self.warned.remove(name);
+                }
             }
         }
-        self.warned
-            .retain(|name, _| build.skipped.contains_key(name));
         let snapshot = PeerSnapshot {
             peers: Arc::new(build.peers.clone()),
             synced: self.synced,
             skipped: build.skipped.len(),
         };
-        (snapshot, new_warnings)
+        (snapshot, new_warnings, touched)
     }
 }
 
 /// Watches every Node until the task stops, publishing a new snapshot
-/// whenever the set of valid peers changes. Watch errors are retried with
+/// whenever the set of valid peers changes. The initial list is a
+/// streaming one where the server supports it, else paged from the watch
+/// cache ([`InitialList::choose`]). Watch errors are retried with
 /// kube-runtime's default backoff while the last good snapshot stays
 /// published; a relist replaces the cache ("anything not re-listed is
 /// gone").
 ///
-/// `report` hears each failure of the watch (Some, with the credential
+/// `report` hears each failure of the watch (Some, with `credential`
 /// named in 401/403 messages) and its recovery (None), for a status.
 pub async fn watch_peers(
     client: Client,
     ctx: PeerContext,
     publish: watch::Sender<PeerSnapshot>,
     credential: String,
+    report: impl FnMut(Option<String>),
+) {
+    let strategy = InitialList::choose(&client).await;
+    watch_peers_with(client, ctx, publish, strategy, credential, report).await
+}
+
+/// [`watch_peers`] starting with the given initial-list strategy (a
+/// refused streaming list still falls back to list + watch).
+pub async fn watch_peers_with(
+    client: Client,
+    ctx: PeerContext,
+    publish: watch::Sender<PeerSnapshot>,
+    strategy: InitialList,
+    credential: String,
     mut report: impl FnMut(Option<String>),
 ) {
     let api: Api<SlimNode> = Api::all(client);
-    let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+    let mut events = std::pin::pin!(node_events(
+        api,
+        watcher::Config::default(),
+        strategy,
+        "all Nodes"
+    ));
     let mut cache = NodeCache::new(ctx);
     let mut last_error: Option<String> = None;
     loop {
@@ -181,10 +213,7 @@ pub async fn watch_peers(
             pending = events.next().now_or_never().flatten();
         }
         if changed && cache.synced {
-            let (snapshot, new_warnings) = cache.snapshot();
-            let mut touched = cache.resolver.take_changed();
-            touched.sort_unstable();
-            touched.dedup();
+            let (snapshot, new_warnings, touched) = cache.snapshot();
             for (name, reason) in new_warnings {
                 warn!(peer = %name, "skipping node {name} as a peer: {reason}");
             }
@@ -199,7 +228,10 @@ pub async fn watch_peers(
                 } else {
                     log_peer_changes(&current.peers, &snapshot.peers, &touched);
                 }
-                let modified = *current != snapshot;
+                // Snapshots of one watch compare by their change log.
+                let modified = current.synced != snapshot.synced
+                    || current.skipped != snapshot.skipped
+                    || !current.peers.differing(&snapshot.peers).is_empty();
                 *current = snapshot;
                 modified
             });
@@ -278,9 +310,67 @@ mod tests {
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
         assert!(cache.apply(Event::InitDone));
-        let (snapshot, _) = cache.snapshot();
+        let (snapshot, _, _) = cache.snapshot();
         assert_eq!(snapshot.peers.len(), 1);
         assert!(snapshot.peers.get("node-b").is_some());
+    }
+
+    /// Events in a pseudo-random order (creates, podCIDR and public-ip
+    /// changes, heartbeats, deletes, a relist in the middle): every
+    /// snapshot holds what the full build over the Nodes gives, and the
+    /// change log between consecutive snapshots names exactly the peers a
+    /// full comparison finds, which are among the touched names.
+    #[test]
+    fn incremental_snapshots_equal_a_full_rebuild() {
+        let ctx = ctx();
+        let mut cache = NodeCache::new(ctx.clone());
+        let mut nodes: BTreeMap<String, SlimNode> = BTreeMap::new();
+        cache.apply(Event::Init);
+        cache.apply(Event::InitDone);
+        let (mut previous, _, _) = cache.snapshot();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for step in 0..1500u64 {
+            let name = format!("node-{}", next(30) + 1);
+            let cidr = format!("10.42.{}.0/24", next(40) + 1);
+            let event = match next(6) {
+                0 => {
+                    let gone = nodes.remove(&name);
+                    gone.map(Event::Delete)
+                }
+                1 if step % 300 == 0 => {
+                    // A relist: everything known, listed again.
+                    cache.apply(Event::Init);
+                    for node in nodes.values() {
+                        cache.apply(Event::InitApply(node.clone()));
+                    }
+                    Some(Event::InitDone)
+                }
+                _ => {
+                    let node = peer(&name, &cidr, &step.to_string());
+                    nodes.insert(name.clone(), node.clone());
+                    Some(Event::Apply(node))
+                }
+            };
+            let Some(event) = event else { continue };
+            cache.apply(event);
+            let (snapshot, _, touched) = cache.snapshot();
+            let full = crate::kube_subnet::build_peer_set(nodes.values(), &ctx);
+            assert_eq!(*snapshot.peers, full.peers, "step {step}");
+            assert_eq!(snapshot.skipped, full.skipped.len(), "step {step}");
+            let logged = previous.peers.differing(&snapshot.peers);
+            let walked: PeerSet = previous.peers.iter().cloned().collect();
+            assert_eq!(logged, walked.differing(&snapshot.peers), "step {step}");
+            for name in &logged {
+                assert!(touched.iter().any(|t| t == name), "step {step}: {name}");
+            }
+            previous = snapshot;
+        }
     }
 
     #[test]
@@ -313,7 +403,7 @@ mod tests {
         cache.apply(Event::InitApply(bad.clone()));
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "2")));
         cache.apply(Event::InitDone);
-        let (snapshot, warnings) = cache.snapshot();
+        let (snapshot, warnings, _) = cache.snapshot();
         assert_eq!((snapshot.peers.len(), snapshot.skipped), (1, 1));
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].1.contains("'not-an-ip'"), "{warnings:?}");
@@ -324,7 +414,7 @@ mod tests {
         // A different problem with the same node is said once more.
         bad.spec.pod_cidr = Some("10.99.0.0/24".into());
         cache.apply(Event::Apply(bad));
-        let (_, warnings) = cache.snapshot();
+        let (_, warnings, _) = cache.snapshot();
         assert_eq!(warnings.len(), 1);
         assert!(
             warnings[0].1.contains("not inside the flannel Network"),

@@ -22,8 +22,8 @@ use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use super::report::{self, BenchResult, Csv};
-use crate::apiserver::{ready_node, Options, TestApiServer};
-use crate::fixtures::{annotated, vxlan_peer};
+use crate::apiserver::TestApiServer;
+use crate::fixtures::{annotated, NodeShape};
 use crate::netns::TestNetns;
 
 const OWN_NODE: &str = "bench-node";
@@ -35,7 +35,12 @@ const NETCONF: &str = r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}
 /// completes it (route added; FDB entry with the new dst; route or its
 /// nexthop deleted), seen by a netlink monitor in the agent's namespace.
 /// Then the kernel is dumped and compared with the API.
-pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<EventLatency, String> {
+pub async fn event_latency(
+    peers: u32,
+    events: u32,
+    rate: u32,
+    shape: NodeShape,
+) -> Result<EventLatency, String> {
     let per_kind = events.div_ceil(3);
     if peers < 2 * per_kind + 1 {
         return Err(format!(
@@ -43,7 +48,7 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<EventLa
             2 * per_kind + 1
         ));
     }
-    let agent = Agent::start(peers).await?;
+    let agent = Agent::start(peers, shape).await?;
     let seen = Arc::new(Mutex::new(Vec::<(Instant, Seen)>::new()));
     let overruns = Arc::new(Mutex::new(0u64));
     let watcher = spawn_monitor(&agent, seen.clone(), overruns.clone()).await?;
@@ -63,7 +68,7 @@ pub async fn event_latency(peers: u32, events: u32, rate: u32) -> Result<EventLa
                 let started = Instant::now();
                 agent
                     .server
-                    .create_node(vxlan_peer(index))
+                    .create_node(shape.vxlan_peer(index))
                     .map_err(|e| format!("creating Node peer-{index}: {e}"))?;
                 expected.push((started, Seen::RouteAdded(lease_net(index)), index));
             }
@@ -294,8 +299,13 @@ impl BenchResult for EventLatency {
 /// (Ready condition's lastHeartbeatTime, as kubelet posts) at `rate` per
 /// second for `seconds`; counts kernel notifications in the agent's
 /// namespace meanwhile (target 0) and the agent's CPU and RSS.
-pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<IdleChurn, String> {
-    let agent = Agent::start(peers).await?;
+pub async fn idle_churn(
+    peers: u32,
+    rate: u32,
+    seconds: u32,
+    shape: NodeShape,
+) -> Result<IdleChurn, String> {
+    let agent = Agent::start(peers, shape).await?;
     // Let the first reconcile's tail and the kernel's own IPv6 link-local
     // setup (DAD on the new links) settle before watching.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -365,6 +375,7 @@ pub async fn idle_churn(peers: u32, rate: u32, seconds: u32) -> Result<IdleChurn
         rss_grow_mib: rss_after - rss_before,
         peak_rss_mib: after.peak_rss_mib,
         wall_seconds: wall,
+        shape,
     })
 }
 
@@ -401,6 +412,8 @@ pub struct IdleChurn {
     pub peak_rss_mib: f64,
     /// Wall time of the measurement, seconds.
     pub wall_seconds: f64,
+    /// How the peer Nodes look.
+    pub shape: NodeShape,
 }
 
 impl IdleChurn {
@@ -415,8 +428,8 @@ impl BenchResult for IdleChurn {
         let mut report = String::new();
         let _ = writeln!(
             report,
-            "idle churn: {} peers, {} status-only Node updates (Ready lastHeartbeatTime) at {}/s over {} s",
-            self.peers, self.updates, self.rate, self.seconds
+            "idle churn: {} {} peers, {} status-only Node updates (Ready lastHeartbeatTime) at {}/s over {} s",
+            self.peers, self.shape, self.updates, self.rate, self.seconds
         );
         let _ = writeln!(
             report,
@@ -486,6 +499,7 @@ impl BenchResult for IdleChurn {
             "agent_rss_grow_mib",
             "agent_peak_rss_mib",
             "wall_s",
+            "node_shape",
         ]);
         let kinds: Vec<String> = self
             .other_kinds
@@ -509,6 +523,7 @@ impl BenchResult for IdleChurn {
             report::num(self.rss_grow_mib, 2),
             report::num(self.peak_rss_mib, 2),
             report::num(self.wall_seconds, 2),
+            self.shape.to_string(),
         ]);
         vec![("churn.csv".into(), csv.into_text())]
     }
@@ -516,7 +531,7 @@ impl BenchResult for IdleChurn {
 
 /// A kernel notification, as far as these benchmarks care.
 #[derive(Debug, Clone, PartialEq)]
-enum Seen {
+pub(crate) enum Seen {
     /// RTM_NEWROUTE, proto 77, this destination.
     RouteAdded(Ipv4Addr),
     /// RTM_DELROUTE, proto 77, this destination.
@@ -535,7 +550,7 @@ enum Seen {
 
 impl Seen {
     /// Whether `seen` is the notification that completes this expectation.
-    fn completed_by(&self, seen: &Seen) -> bool {
+    pub(crate) fn completed_by(&self, seen: &Seen) -> bool {
         match (self, seen) {
             // Deleting a nexthop removes the routes through it silently.
             (
@@ -631,7 +646,7 @@ fn other(message: &RouteNetlinkMessage) -> Seen {
 
 /// Records every kernel notification in the agent's namespace, with the
 /// instant it was read.
-async fn spawn_monitor(
+pub(crate) async fn spawn_monitor(
     agent: &Agent,
     seen: Arc<Mutex<Vec<(Instant, Seen)>>>,
     overruns: Arc<Mutex<u64>>,
@@ -716,23 +731,18 @@ fn compare_with_api(agent: &Agent) -> Result<(usize, usize), String> {
 
 /// A `flannel-agent` process in a namespace of its own, ready (subnet.env
 /// written) with `peers` peers; killed, and its namespace deleted, on drop.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
-    pid: u32,
-    ns: TestNetns,
-    server: TestApiServer,
+    pub(crate) pid: u32,
+    pub(crate) ns: TestNetns,
+    pub(crate) server: TestApiServer,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
-    async fn start(peers: u32) -> Result<Agent, String> {
+    pub(crate) async fn start(peers: u32, shape: NodeShape) -> Result<Agent, String> {
         let binary = agent_binary()?;
-        let server = TestApiServer::start(Options::default())
-            .map_err(|e| format!("starting the test API server: {e}"))?;
-        server
-            .create_node(ready_node(OWN_NODE, Some("10.42.0.0/24")))
-            .and_then(|_| server.create_nodes((1..=peers).map(vxlan_peer)))
-            .map_err(|e| format!("filling the API server with {peers} peers: {e}"))?;
+        let server = super::filled_server(OWN_NODE, 1..=peers, shape)?;
         let dir =
             tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
         let kubeconfig = server
@@ -820,7 +830,7 @@ pub(crate) fn agent_binary() -> Result<PathBuf, String> {
 }
 
 /// The network address of `vxlan_peer(index)`'s lease.
-fn lease_net(index: u32) -> Ipv4Addr {
+pub(crate) fn lease_net(index: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, (42 + index / 256) as u8, (index % 256) as u8, 0)
 }
 

@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 
 use super::report::{self, BenchResult, Csv, Marker, Series};
-use crate::apiserver::{ready_node, Options, TestApiServer};
-use crate::fixtures::vxlan_peer;
+use crate::fixtures::NodeShape;
 use crate::netns::TestNetns;
 
 const NETCONF: &str = r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#;
@@ -31,6 +30,8 @@ pub struct ColdRun {
     pub floor_nh_seconds: f64,
     /// Agent peak RSS (VmHWM) at subnet.env, MiB.
     pub agent_peak_rss_mib: f64,
+    /// Agent RSS (VmRSS) at subnet.env, MiB.
+    pub agent_rss_mib: f64,
     /// Agent CPU (user + system) at subnet.env, seconds.
     pub agent_cpu_seconds: f64,
 }
@@ -64,6 +65,11 @@ impl ColdSize {
         self.median_of(|r| r.agent_peak_rss_mib)
     }
 
+    /// Median agent RSS at subnet.env, MiB.
+    pub fn rss_now(&self) -> Option<f64> {
+        self.median_of(|r| r.agent_rss_mib)
+    }
+
     /// Median agent CPU seconds.
     pub fn cpu(&self) -> Option<f64> {
         self.median_of(|r| r.agent_cpu_seconds)
@@ -77,6 +83,8 @@ pub struct ColdSync {
     pub nexthops_env: Option<String>,
     /// Per peer count.
     pub sizes: Vec<ColdSize>,
+    /// How the peer Nodes look.
+    pub shape: NodeShape,
     /// The machine (nproc, kernel), for the plot's title.
     pub machine: String,
 }
@@ -139,7 +147,8 @@ impl BenchResult for ColdSync {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "cold sync: spawn -> kernel holds every entry (agent) vs ip/bridge -batch (floor: plain onlink routes; floor nh: nexthop objects), {}, median",
+            "cold sync: spawn -> kernel holds every entry (agent) vs ip/bridge -batch (floor: plain onlink routes; floor nh: nexthop objects), {} Nodes, {}, median",
+            self.shape,
             self.runs_label()
         );
         if let Some(value) = &self.nexthops_env {
@@ -151,22 +160,38 @@ impl BenchResult for ColdSync {
         }
         let _ = writeln!(
             out,
-            "{:>7} {:>10} {:>10} {:>7} {:>11} {:>12} {:>10}",
-            "peers", "agent s", "floor s", "ratio", "floor nh s", "agent MiB", "agent cpu"
+            "{:>7} {:>10} {:>10} {:>7} {:>11} {:>12} {:>10} {:>10}",
+            "peers",
+            "agent s",
+            "floor s",
+            "ratio",
+            "floor nh s",
+            "agent MiB",
+            "peak MiB",
+            "agent cpu"
         );
         for size in &self.sizes {
-            if let (Some(agent), Some(floor), Some(ratio), Some(nh), Some(rss), Some(cpu)) = (
+            if let (
+                Some(agent),
+                Some(floor),
+                Some(ratio),
+                Some(nh),
+                Some(rss),
+                Some(peak),
+                Some(cpu),
+            ) = (
                 size.agent(),
                 size.floor(),
                 size.ratio(),
                 size.floor_nh(),
+                size.rss_now(),
                 size.rss(),
                 size.cpu(),
             ) {
                 let _ = writeln!(
                     out,
-                    "{:>7} {:>10.3} {:>10.3} {:>7.2} {:>11.3} {:>12.1} {:>10.2}",
-                    size.peers, agent, floor, ratio, nh, rss, cpu
+                    "{:>7} {:>10.3} {:>10.3} {:>7.2} {:>11.3} {:>12.1} {:>10.1} {:>10.2}",
+                    size.peers, agent, floor, ratio, nh, rss, peak, cpu
                 );
             }
             if let Some(error) = &size.error {
@@ -192,6 +217,8 @@ impl BenchResult for ColdSync {
             "ratio_agent_to_plain_floor",
             "agent_peak_rss_mib",
             "agent_cpu_s",
+            "agent_rss_mib",
+            "node_shape",
             "nexthops_env",
             "error",
         ]);
@@ -207,6 +234,8 @@ impl BenchResult for ColdSync {
                     report::num(run.agent_seconds / run.floor_seconds.max(1e-9), 3),
                     report::num(run.agent_peak_rss_mib, 1),
                     report::num(run.agent_cpu_seconds, 2),
+                    report::num(run.agent_rss_mib, 1),
+                    self.shape.to_string(),
                     env.clone(),
                     String::new(),
                 ]);
@@ -220,6 +249,8 @@ impl BenchResult for ColdSync {
                 report::opt(size.ratio(), 3),
                 report::opt(size.rss(), 1),
                 report::opt(size.cpu(), 2),
+                report::opt(size.rss_now(), 1),
+                self.shape.to_string(),
                 env.clone(),
                 size.error.clone().unwrap_or_default(),
             ]);
@@ -244,17 +275,18 @@ impl BenchResult for ColdSync {
 /// floor, the nexthop floor and the agent in turn, with a pause for the
 /// kernel between measurements. A size that fails is recorded and the next
 /// one runs.
-pub async fn cold_sync(plan: &[(u32, usize)]) -> Result<ColdSync, String> {
+pub async fn cold_sync(plan: &[(u32, usize)], shape: NodeShape) -> Result<ColdSync, String> {
     let agent = super::api::agent_binary()?;
     let mut result = ColdSync {
         nexthops_env: std::env::var(flannel_embed::netlink::NEXTHOPS_ENV).ok(),
         sizes: Vec::new(),
+        shape,
         machine: report::machine(),
     };
     for &(peers, runs) in plan {
         let runs = runs.max(1);
         let mut size = ColdSize::new(peers, runs);
-        let measured = AssertUnwindSafe(measure_size(&agent, peers, runs, &mut size.runs))
+        let measured = AssertUnwindSafe(measure_size(&agent, peers, runs, shape, &mut size.runs))
             .catch_unwind()
             .await;
         size.finish(measured);
@@ -267,14 +299,10 @@ async fn measure_size(
     agent: &Path,
     size: u32,
     runs: usize,
+    shape: NodeShape,
     out: &mut Vec<ColdRun>,
 ) -> Result<(), String> {
-    let server = TestApiServer::start(Options::default())
-        .map_err(|e| format!("starting the test API server: {e}"))?;
-    server
-        .create_node(ready_node("bench-node", Some("10.42.0.0/24")))
-        .and_then(|_| server.create_nodes((1..=size).map(vxlan_peer)))
-        .map_err(|e| format!("filling the API server with {size} peers: {e}"))?;
+    let server = super::filled_server("bench-node", 1..=size, shape)?;
     let dir = tempfile::tempdir().map_err(|e| format!("creating a temporary directory: {e}"))?;
     let kubeconfig = server
         .write_kubeconfig(dir.path())
@@ -299,6 +327,7 @@ async fn measure_size(
             floor_seconds,
             floor_nh_seconds,
             agent_peak_rss_mib: usage.peak_rss_mib,
+            agent_rss_mib: usage.rss_mib,
             agent_cpu_seconds: usage.cpu_seconds,
         });
     }

@@ -4,11 +4,33 @@
 
 pub mod api;
 pub mod cold;
+pub mod cost;
 pub mod peerset;
 pub mod plane;
 pub mod report;
 pub mod suite;
 pub mod wireguard;
+
+use crate::apiserver::{ready_node, Options, TestApiServer};
+use crate::fixtures::NodeShape;
+
+/// The benchmarks' API server (the one place that starts it, so a switch
+/// of transport is one change): `own` with podCIDR 10.42.0.0/24 and the
+/// vxlan peers `first..=last` in `shape`.
+pub fn filled_server(
+    own: &str,
+    peers: std::ops::RangeInclusive<u32>,
+    shape: NodeShape,
+) -> Result<TestApiServer, String> {
+    let server = TestApiServer::start(Options::default())
+        .map_err(|e| format!("starting the test API server: {e}"))?;
+    let count = peers.clone().count();
+    server
+        .create_node(ready_node(own, Some("10.42.0.0/24")))
+        .and_then(|_| server.create_nodes(peers.map(|i| shape.vxlan_peer(i))))
+        .map_err(|e| format!("filling the API server with {count} {shape} peers: {e}"))?;
+    Ok(server)
+}
 
 /// The message of a caught panic (`&str` or `String` payloads).
 pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -10,8 +10,7 @@ use flannel_embed::kube_subnet::{watch_peers, AnnotationKeys, Lease, PeerContext
 use tokio::sync::watch;
 
 use super::report::{self, BenchResult, Csv};
-use crate::apiserver::{ready_node, Options, TestApiServer};
-use crate::fixtures::{vxlan_peer, PREFIX};
+use crate::fixtures::{NodeShape, PREFIX};
 
 /// Every run at one cluster size.
 #[derive(Debug, Clone)]
@@ -93,7 +92,11 @@ impl BenchResult for PeerSet {
 }
 
 /// Measures the first complete PeerSet at each size, `runs` times.
-pub async fn first_peerset(sizes: &[u32], runs: usize) -> Result<PeerSet, String> {
+pub async fn first_peerset(
+    sizes: &[u32],
+    runs: usize,
+    shape: NodeShape,
+) -> Result<PeerSet, String> {
     let runs = runs.max(1);
     let mut result = PeerSet {
         runs,
@@ -102,12 +105,7 @@ pub async fn first_peerset(sizes: &[u32], runs: usize) -> Result<PeerSet, String
     let netconf = NetConf::parse(r#"{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}"#)
         .map_err(|e| format!("the benchmark's net-conf.json: {e}"))?;
     for &size in sizes {
-        let server = TestApiServer::start(Options::default())
-            .map_err(|e| format!("starting the test API server: {e}"))?;
-        server
-            .create_node(ready_node("node-a", Some("10.42.0.0/24")))
-            .and_then(|_| server.create_nodes((1..=size).map(vxlan_peer)))
-            .map_err(|e| format!("filling the API server with {size} nodes: {e}"))?;
+        let server = super::filled_server("node-a", 1..=size, shape)?;
         let ctx = PeerContext {
             own_name: "node-a".into(),
             own_lease: Lease {

@@ -15,6 +15,7 @@ use super::peerset::{self, PeerSet};
 use super::plane::{self, CniOverhead, DataPlane};
 use super::report::{self, BenchResult, Goal, ScenarioRun, Status};
 use super::wireguard::{self, WgColdSync, WgThroughput};
+use crate::fixtures::NodeShape;
 
 /// The default output directory: `target/bench` of the workspace the
 /// running binary was built in (`<dir>/target/<profile>/flannel-bench`),
@@ -185,19 +186,34 @@ pub async fn all(out: &Path) -> bool {
     );
 
     heading("cold-sync");
-    let (cold, run_) = run("cold-sync", out, cold::cold_sync(&ALL_COLD_SYNC)).await;
+    let (cold, run_) = run(
+        "cold-sync",
+        out,
+        cold::cold_sync(&ALL_COLD_SYNC, NodeShape::default()),
+    )
+    .await;
     runs.push(run_);
     pause().await;
 
     heading("events");
     let (peers, events, rate) = ALL_EVENTS;
-    let (events, run_) = run("events", out, api::event_latency(peers, events, rate)).await;
+    let (events, run_) = run(
+        "events",
+        out,
+        api::event_latency(peers, events, rate, NodeShape::default()),
+    )
+    .await;
     runs.push(run_);
     pause().await;
 
     heading("churn");
     let (peers, rate, seconds) = ALL_CHURN;
-    let (churn, run_) = run("churn", out, api::idle_churn(peers, rate, seconds)).await;
+    let (churn, run_) = run(
+        "churn",
+        out,
+        api::idle_churn(peers, rate, seconds, NodeShape::default()),
+    )
+    .await;
     runs.push(run_);
     pause().await;
 
@@ -233,7 +249,12 @@ pub async fn all(out: &Path) -> bool {
 
     heading("peers");
     let (sizes, peer_runs) = ALL_PEERS;
-    let (peer_set, run_) = run("peers", out, peerset::first_peerset(&sizes, peer_runs)).await;
+    let (peer_set, run_) = run(
+        "peers",
+        out,
+        peerset::first_peerset(&sizes, peer_runs, NodeShape::default()),
+    )
+    .await;
     runs.push(run_);
 
     let total = started.elapsed().as_secs_f64();

@@ -13,7 +13,8 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use integration::bench::{api, cold, peerset, plane, suite, wireguard};
+use integration::bench::{api, cold, cost, peerset, plane, suite, wireguard};
+use integration::fixtures::NodeShape;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +40,10 @@ enum Scenario {
         /// Runs per size (the median is printed).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Peer Nodes as a kubelet keeps them (about 15 KB each) or
+        /// `minimal` (only what flannel reads).
+        #[arg(long, default_value_t = NodeShape::Kubelet)]
+        nodes_shape: NodeShape,
     },
     /// Event latency: API write -> entry visible in the kernel, at N peers.
     Events {
@@ -49,6 +54,9 @@ enum Scenario {
         /// Events per second.
         #[arg(long, default_value_t = 100)]
         rate: u32,
+        /// Peer Nodes as a kubelet keeps them or `minimal`.
+        #[arg(long, default_value_t = NodeShape::Kubelet)]
+        nodes_shape: NodeShape,
     },
     /// Idle churn: status-only Node updates; kernel writes, CPU, RSS.
     Churn {
@@ -58,6 +66,27 @@ enum Scenario {
         rate: u32,
         #[arg(long, default_value_t = 60)]
         seconds: u32,
+        /// Peer Nodes as a kubelet keeps them or `minimal`.
+        #[arg(long, default_value_t = NodeShape::Kubelet)]
+        nodes_shape: NodeShape,
+    },
+    /// Event cost: with N peers programmed, `--events` kubelet-shaped Node
+    /// creates in one stream, then their deletes; the agent's CPU time per
+    /// event (every thread's schedstat, idle rate subtracted) until the
+    /// kernel shows the last route added (removed). Writes event-cost.csv.
+    EventCost {
+        /// Peer counts, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1000u32, 5000, 10000])]
+        peers: Vec<u32>,
+        /// Creates (and deletes) per run.
+        #[arg(long, default_value_t = 500)]
+        events: u32,
+        /// Runs per size against one agent (medians printed).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Peer Nodes as a kubelet keeps them or `minimal`.
+        #[arg(long, default_value_t = NodeShape::Kubelet)]
+        nodes_shape: NodeShape,
     },
     /// CNI ADD+DEL through `flannel` (the workspace build and the static
     /// one, which integration/build-static-cni.sh builds first) vs the
@@ -92,6 +121,10 @@ enum Scenario {
         /// Runs per size, agent and floor interleaved (medians printed).
         #[arg(long, default_value_t = 1)]
         runs: usize,
+        /// Peer Nodes as a kubelet keeps them (about 15 KB each) or
+        /// `minimal` (only what flannel reads).
+        #[arg(long, default_value_t = NodeShape::Kubelet)]
+        nodes_shape: NodeShape,
     },
     /// wireguard-native cold sync on the userspace path (wireguard-go): a
     /// `flannel-agent --flannel-backend wireguard-native` process in a
@@ -152,31 +185,61 @@ fn main() -> std::process::ExitCode {
     };
     let ok = runtime.block_on(async {
         match args.scenario {
-            Scenario::Peers { nodes, runs } => {
-                suite::run("peers", &out, peerset::first_peerset(&nodes, runs))
-                    .await
-                    .1
-                    .error
-                    .is_none()
-            }
+            Scenario::Peers {
+                nodes,
+                runs,
+                nodes_shape,
+            } => suite::run(
+                "peers",
+                &out,
+                peerset::first_peerset(&nodes, runs, nodes_shape),
+            )
+            .await
+            .1
+            .error
+            .is_none(),
             Scenario::Events {
                 peers,
                 events,
                 rate,
-            } => suite::run("events", &out, api::event_latency(peers, events, rate))
-                .await
-                .1
-                .error
-                .is_none(),
+                nodes_shape,
+            } => suite::run(
+                "events",
+                &out,
+                api::event_latency(peers, events, rate, nodes_shape),
+            )
+            .await
+            .1
+            .error
+            .is_none(),
             Scenario::Churn {
                 peers,
                 rate,
                 seconds,
-            } => suite::run("churn", &out, api::idle_churn(peers, rate, seconds))
-                .await
-                .1
-                .error
-                .is_none(),
+                nodes_shape,
+            } => suite::run(
+                "churn",
+                &out,
+                api::idle_churn(peers, rate, seconds, nodes_shape),
+            )
+            .await
+            .1
+            .error
+            .is_none(),
+            Scenario::EventCost {
+                peers,
+                events,
+                runs,
+                nodes_shape,
+            } => suite::run(
+                "event-cost",
+                &out,
+                cost::event_cost(&peers, events, runs, nodes_shape),
+            )
+            .await
+            .1
+            .error
+            .is_none(),
             Scenario::Cni { pods } => suite::run("cni", &out, suite::cni_overhead(pods))
                 .await
                 .1
@@ -189,9 +252,13 @@ fn main() -> std::process::ExitCode {
                     .error
                     .is_none()
             }
-            Scenario::ColdSync { peers, runs } => {
+            Scenario::ColdSync {
+                peers,
+                runs,
+                nodes_shape,
+            } => {
                 let plan: Vec<(u32, usize)> = peers.iter().map(|&p| (p, runs)).collect();
-                suite::run("cold-sync", &out, cold::cold_sync(&plan))
+                suite::run("cold-sync", &out, cold::cold_sync(&plan, nodes_shape))
                     .await
                     .1
                     .error
