@@ -76,6 +76,21 @@ enum Cmd {
         /// traffic to it leaves masqueraded as the node's uplink address.
         #[arg(long)]
         outside_host: bool,
+        /// The API server: https with an ecdsa (as k3s) or rsa (as kind)
+        /// CA, client authentication and the shipped RBAC
+        /// (integration/deploy/rbac.yaml, copied to DIR/auth/rbac.yaml and
+        /// re-read when edited), or none for plain HTTP without
+        /// authentication.
+        #[arg(long, default_value = "ecdsa", value_parser = ["ecdsa", "rsa", "none"])]
+        api_tls: String,
+        /// How each agent authenticates (HTTPS only): client-cert (a
+        /// kubeconfig with its own certificate, as k3s), token (the
+        /// kube-flannel/flannel service account's token in a kubeconfig)
+        /// or in-cluster (no kubeconfig: the token and CA under its
+        /// /run/secrets/kubernetes.io/serviceaccount and
+        /// KUBERNETES_SERVICE_HOST/PORT, as in a DaemonSet pod).
+        #[arg(long, default_value = "client-cert")]
+        agent_credential: lab::auth::AgentCredential,
     },
     /// Stop every process, delete every namespace and remove the lab's files.
     Down {
@@ -177,6 +192,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             wait,
             replace,
             outside_host,
+            api_tls,
+            agent_credential,
         } => {
             let mut options = Options::new(&lab::workspace_bin_dir());
             options.dir = cli.dir;
@@ -188,6 +205,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             options.wait = Duration::from_secs(wait);
             options.replace = replace;
             options.outside_host = outside_host;
+            options.api = lab::auth::ApiSecurity {
+                tls: (api_tls != "none").then_some(api_tls),
+                credential: agent_credential,
+            };
             if let Ok(filter) = std::env::var("RUST_LOG") {
                 options.rust_log = filter;
             }

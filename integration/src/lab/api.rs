@@ -35,6 +35,22 @@ impl NodeApi {
         })
     }
 
+    /// A client from `kubeconfig` (HTTPS, the lab's admin credential).
+    pub fn connect_kubeconfig(kubeconfig: &std::path::Path) -> Result<NodeApi, LabError> {
+        let step = "connecting to the lab API server";
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LabError::new(step, format!("cannot start a runtime: {e}")))?;
+        let client = runtime
+            .block_on(crate::apiserver::client_from_kubeconfig(kubeconfig))
+            .map_err(|e| LabError::new(step, format!("{}: {e}", kubeconfig.display())))?;
+        Ok(NodeApi {
+            runtime,
+            nodes: Api::all(client),
+        })
+    }
+
     /// Creates a Node.
     pub fn create(&self, node: &Node) -> Result<Node, LabError> {
         let name = node.metadata.name.clone().unwrap_or_default();

@@ -73,6 +73,7 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod cni;
 pub mod kernel;
 pub mod process;
@@ -95,6 +96,7 @@ use k8s_openapi::api::core::v1::{Node, NodeAddress};
 use crate::apiserver::ready_node;
 use crate::fixtures::PREFIX;
 use api::NodeApi;
+use auth::{AgentCredential, ApiSecurity, AuthFiles};
 use kernel::{PeerView, Snapshot};
 use process::{log_tail, spawn_background, ProcRef};
 use sandbox::NodeSandbox;
@@ -191,6 +193,10 @@ pub struct Options {
     /// their sysctl writes fail with EROFS. Only the agents: CNI plugins
     /// and `exec` still see it writable.
     pub read_only_proc_sys: bool,
+    /// How the API server is secured and how the agents authenticate
+    /// (default: HTTPS with an ECDSA CA, the shipped RBAC, client
+    /// certificates).
+    pub api: ApiSecurity,
 }
 
 impl Options {
@@ -213,6 +219,7 @@ impl Options {
             node_agent_args: BTreeMap::new(),
             agent_env: Vec::new(),
             read_only_proc_sys: false,
+            api: ApiSecurity::default(),
         }
     }
 
@@ -285,14 +292,20 @@ pub fn netns_list() -> Vec<String> {
 /// The binaries the lab runs.
 const BINARIES: [&str; 4] = ["flannel-agent", "flannel", "test-apiserver", "flannel-lab"];
 /// Entries `up` creates in the lab directory (all `down` removes).
-const DIR_ENTRIES: [&str; 6] = [
+const DIR_ENTRIES: [&str; 7] = [
     STATE_FILE,
     ".state.json.tmp",
     "kubeconfig",
     "apiserver.url",
     "logs",
     "nodes",
+    "auth",
 ];
+
+/// Set in the environment of every process the lab starts (API server,
+/// agents) to the lab directory: how `down` finds them when their command
+/// line names no lab file (an in-cluster agent has no `--kubeconfig`).
+const LAB_DIR_ENV: &str = "FLANNEL_LAB_DIR";
 
 /// A running lab. Dropping a lab that [`Lab::up`] made tears it down
 /// unless [`Lab::keep`] was called; a lab from [`Lab::open`] is left alone.
@@ -358,6 +371,7 @@ impl Lab {
                 created_run_netns: !run_netns_existed,
                 apiserver: None,
                 api_url: None,
+                api: options.api.clone(),
                 nodes: Vec::new(),
                 pods: Vec::new(),
             },
@@ -754,7 +768,39 @@ impl Lab {
         let mut command = Command::new(self.bin("test-apiserver"));
         command
             .args(["--listen", "127.0.0.1:0", "--kubeconfig"])
-            .arg(self.kubeconfig());
+            .arg(self.kubeconfig())
+            .env(LAB_DIR_ENV, &self.state.dir);
+        let security = self.state.api.clone();
+        if let Some(algorithm) = &security.tls {
+            let files = self.auth();
+            let tokens = files.prepare(self.state.nodes.len())?;
+            command
+                .args(["--tls", algorithm, "--cert-dir"])
+                .arg(files.dir())
+                .arg("--token-auth-file")
+                .arg(files.tokens())
+                .arg("--rbac")
+                .arg(files.rbac())
+                .arg("--authz-log")
+                .arg(files.authz_log());
+            for node in &self.state.nodes {
+                let kubeconfig = files
+                    .node_kubeconfig(node.index)
+                    .to_string_lossy()
+                    .into_owned();
+                match security.credential {
+                    AgentCredential::ClientCert => command.arg("--client-kubeconfig").arg(format!(
+                        "{}/{}={kubeconfig}",
+                        AuthFiles::cert_user(&node.name),
+                        auth::CERT_GROUP
+                    )),
+                    AgentCredential::Token => command
+                        .arg("--token-kubeconfig")
+                        .arg(format!("{}={kubeconfig}", tokens[node.index])),
+                    AgentCredential::InCluster => &mut command,
+                };
+            }
+        }
         let (proc, child) = spawn_background(
             "test-apiserver",
             command,
@@ -767,7 +813,7 @@ impl Lab {
         let url = poll(Duration::from_secs(15), || {
             let text = std::fs::read_to_string(&url_file).ok()?;
             let line = text.lines().next()?.trim().to_string();
-            (text.contains('\n') && line.starts_with("http://")).then_some(line)
+            (text.contains('\n') && line.starts_with("http")).then_some(line)
         })
         .ok_or_else(|| {
             LabError::new(
@@ -781,6 +827,12 @@ impl Lab {
         })?;
         self.state.api_url = Some(url);
         self.state.save()?;
+        if security.tls.is_some() && security.credential == AgentCredential::InCluster {
+            for index in 0..self.state.nodes.len() {
+                self.auth()
+                    .write_service_account(&self.service_account_dir(index), index)?;
+            }
+        }
         Ok(())
     }
 
@@ -985,9 +1037,42 @@ impl Lab {
         self.state.api_url.as_deref().unwrap_or_default()
     }
 
-    /// The kubeconfig for the lab's API server.
+    /// The kubeconfig for the lab's API server (with HTTPS: the admin,
+    /// `system:masters`; what `kubectl` and the lab itself use).
     pub fn kubeconfig(&self) -> PathBuf {
         self.state.dir.join("kubeconfig")
+    }
+
+    /// How the lab's API server is secured.
+    pub fn api_security(&self) -> &ApiSecurity {
+        &self.state.api
+    }
+
+    /// The lab's authentication files (CA, RBAC, tokens, decision log).
+    pub fn auth(&self) -> AuthFiles {
+        AuthFiles::new(&self.state.dir)
+    }
+
+    /// Node `index`'s in-cluster service-account directory, as the agent
+    /// sees it at `/var/run/secrets/kubernetes.io/serviceaccount`.
+    pub fn service_account_dir(&self, index: usize) -> PathBuf {
+        self.sandbox(index)
+            .run_dir
+            .join("secrets/kubernetes.io/serviceaccount")
+    }
+
+    /// Rotates node `index`'s service-account token: the server refuses
+    /// the old one from now on, and an in-cluster agent finds the new one
+    /// in its token file. Returns the new token.
+    pub fn rotate_token(&self, index: usize) -> Result<String, LabError> {
+        let in_cluster = self.state.api.credential == AgentCredential::InCluster;
+        let sa_token = in_cluster.then(|| self.service_account_dir(index).join("token"));
+        self.auth().rotate_token(index, sa_token.as_deref())
+    }
+
+    /// Every authorization decision the API server made so far.
+    pub fn authz_decisions(&self) -> Result<Vec<crate::apiserver::AuthzDecision>, LabError> {
+        self.auth().decisions()
     }
 
     /// Node `index`'s agent log.
@@ -1033,7 +1118,10 @@ impl Lab {
         if let Some(api) = self.api.get() {
             return Ok(api);
         }
-        let api = NodeApi::connect(self.api_url())?;
+        let api = match self.state.api.tls {
+            Some(_) => NodeApi::connect_kubeconfig(&self.kubeconfig())?,
+            None => NodeApi::connect(self.api_url())?,
+        };
         Ok(self.api.get_or_init(|| api))
     }
 
@@ -1046,23 +1134,47 @@ impl Lab {
             return Ok(());
         }
         let sandbox = self.sandbox(index);
-        let mut args: Vec<String> = vec![
-            "--node-name".into(),
-            node.name.clone(),
-            "--kubeconfig".into(),
-            self.kubeconfig().to_string_lossy().into_owned(),
+        let mut args: Vec<String> = vec!["--node-name".into(), node.name.clone()];
+        let security = &self.state.api;
+        let kubeconfig = match (&security.tls, security.credential) {
+            (None, _) => Some(self.kubeconfig()),
+            (Some(_), AgentCredential::InCluster) => None,
+            (Some(_), _) => Some(self.auth().node_kubeconfig(index)),
+        };
+        if let Some(path) = &kubeconfig {
+            args.extend(["--kubeconfig".into(), path.to_string_lossy().into_owned()]);
+        }
+        args.extend([
             "--netns".into(),
             format!("/run/netns/{}", node.netns),
             "--flannel-backend".into(),
             self.state.backend.clone(),
             "--cluster-cidr".into(),
             self.state.cluster_cidr.clone(),
-        ];
+        ]);
         let extras = &self.agent_extras;
         args.extend(extras.args.iter().cloned());
         args.extend(extras.node_args.get(&index).into_iter().flatten().cloned());
         let mut command = sandbox.agent(self.bin("flannel-agent"), &args, extras.proc_sys);
         command.env("RUST_LOG", &self.rust_log);
+        command.env(LAB_DIR_ENV, &self.state.dir);
+        if kubeconfig.is_none() {
+            // As in a pod: no kubeconfig anywhere, the service's address
+            // in the environment, the token under /run/secrets (the
+            // node's own /run inside the sandbox).
+            let port = self
+                .api_url()
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_string();
+            command
+                .env_remove("KUBECONFIG")
+                .env("HOME", self.sandbox(index).run_dir)
+                .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+                .env("KUBERNETES_SERVICE_PORT", port);
+        }
         command.envs(extras.env.iter().map(|(k, v)| (k, v)));
         let (proc, child) = spawn_background(
             &format!("flannel-agent {}", node.name),
@@ -1588,7 +1700,11 @@ fn remove_path(path: &Path) -> Option<String> {
 pub fn remove_leftovers(id: &str, dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
     let kubeconfig = absolute(dir).join("kubeconfig");
-    for proc in processes_mentioning(&kubeconfig.to_string_lossy()) {
+    let marker = format!("{LAB_DIR_ENV}={}", absolute(dir).display());
+    for proc in processes_mentioning(&kubeconfig.to_string_lossy())
+        .into_iter()
+        .chain(processes_with_env(&marker))
+    {
         proc.stop(Duration::from_secs(5), None);
         if proc.alive() {
             problems.push(format!("{} (pid {}) still runs", proc.what, proc.pid));
@@ -1649,6 +1765,14 @@ pub fn processes_in_netns(names: &[String]) -> Vec<ProcRef> {
     }
     other_processes(|pid, _| {
         std::fs::metadata(format!("/proc/{pid}/ns/net")).is_ok_and(|m| inodes.contains(&m.ino()))
+    })
+}
+
+/// Processes whose environment has `entry` (`KEY=value`).
+fn processes_with_env(entry: &str) -> Vec<ProcRef> {
+    other_processes(|pid, _| {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
     })
 }
 

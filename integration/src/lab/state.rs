@@ -78,6 +78,9 @@ pub struct LabState {
     pub apiserver: Option<ProcRef>,
     /// Its URL.
     pub api_url: Option<String>,
+    /// How it is secured and how the agents authenticate.
+    #[serde(default)]
+    pub api: super::auth::ApiSecurity,
     /// Nodes.
     pub nodes: Vec<NodeState>,
     /// Pods.
