@@ -11,7 +11,7 @@ pub mod report;
 pub mod suite;
 pub mod wireguard;
 
-use crate::apiserver::{ready_node, Options, TestApiServer};
+use crate::apiserver::{ready_node, KeyAlgorithm, Options, TestApiServer};
 use crate::fixtures::NodeShape;
 
 /// The benchmarks' API server (the one place that starts it, so a switch
@@ -22,7 +22,10 @@ pub fn filled_server(
     peers: std::ops::RangeInclusive<u32>,
     shape: NodeShape,
 ) -> Result<TestApiServer, String> {
-    let server = TestApiServer::start(Options::default())
+    // As a real cluster serves it: HTTPS from the server's own ECDSA CA
+    // (k3s's choice), the agent authenticated by a client certificate (the
+    // kubeconfig `write_kubeconfig` writes: system:admin).
+    let server = TestApiServer::start(Options::default().tls(KeyAlgorithm::EcdsaP256))
         .map_err(|e| format!("starting the test API server: {e}"))?;
     let count = peers.clone().count();
     server

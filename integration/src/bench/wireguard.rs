@@ -715,8 +715,9 @@ fn measure_size(
     if size == 0 || size > MAX_PEERS {
         return Err(format!("{size} peers: the scenario takes 1 to {MAX_PEERS}"));
     }
-    let server = TestApiServer::start(ApiOptions::default())
-        .map_err(|e| format!("starting the test API server: {e}"))?;
+    let server =
+        TestApiServer::start(ApiOptions::default().tls(crate::apiserver::KeyAlgorithm::EcdsaP256))
+            .map_err(|e| format!("starting the test API server: {e}"))?;
     server
         .create_node(ready_node("bench-node", Some("10.42.0.0/24")))
         .and_then(|_| server.create_nodes((1..=size).map(wireguard_peer)))
