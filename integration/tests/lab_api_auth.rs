@@ -115,16 +115,8 @@ fn ready_until(addr: SocketAddr, limit: Duration) {
 
 /// Every agent node has every other node programmed.
 fn assert_programmed(lab: &Lab) {
-    let nodes = lab.nodes().len();
     let table = lab.wait_peers_programmed(Duration::from_secs(20));
-    assert!(
-        table
-            .rows
-            .iter()
-            .all(|r| r.peers_programmed == nodes - 1 && r.peers_expected == nodes - 1),
-        "{}",
-        table.render()
-    );
+    assert!(table.everyone_has_everyone(), "{}", table.render());
 }
 
 fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {

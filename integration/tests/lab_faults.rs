@@ -20,14 +20,7 @@ fn lab(tag: &str, dir: &std::path::Path, nodes: usize) -> Lab {
     let lab = Lab::up(&options, &mut |line| eprintln!("{line}")).unwrap();
     // Everyone has everyone before the faults start.
     let table = lab.wait_peers_programmed(Duration::from_secs(10));
-    assert!(
-        table
-            .rows
-            .iter()
-            .all(|r| r.peers_programmed == nodes - 1 && r.peers_expected == nodes - 1),
-        "{}",
-        table.render()
-    );
+    assert!(table.everyone_has_everyone(), "{}", table.render());
     lab
 }
 

@@ -59,15 +59,7 @@ impl ApiError {
     /// (`ListOptions.meta.k8s.io "" is invalid: ...`), one cause per field
     /// error.
     pub fn invalid_list_options(causes: Vec<(String, String, String)>) -> Self {
-        let list: Vec<String> = causes
-            .iter()
-            .map(|(_, field, message)| format!("{field}: {message}"))
-            .collect();
-        let joined = if list.len() == 1 {
-            list.join("")
-        } else {
-            format!("[{}]", list.join(", "))
-        };
+        let joined = joined_causes(&causes);
         let mut error = Self::new(
             422,
             "Invalid",
@@ -143,15 +135,7 @@ impl ApiError {
     /// 422 Invalid with one cause per field error:
     /// `Node "x" is invalid: spec.podCIDRs: Invalid value: ...`.
     pub fn invalid(name: &str, causes: Vec<(String, String, String)>) -> Self {
-        let list: Vec<String> = causes
-            .iter()
-            .map(|(_, field, message)| format!("{field}: {message}"))
-            .collect();
-        let joined = if list.len() == 1 {
-            list.join("")
-        } else {
-            format!("[{}]", list.join(", "))
-        };
+        let joined = joined_causes(&causes);
         let mut error = Self::new(
             422,
             "Invalid",
@@ -315,4 +299,18 @@ pub fn field_forbidden(field: &str, detail: &str) -> (String, String, String) {
         field.into(),
         format!("Forbidden: {detail}"),
     )
+}
+
+/// The causes as kube-apiserver joins them into a message: one alone, or
+/// `[a, b]`.
+fn joined_causes(causes: &[(String, String, String)]) -> String {
+    let list: Vec<String> = causes
+        .iter()
+        .map(|(_, field, message)| format!("{field}: {message}"))
+        .collect();
+    if list.len() == 1 {
+        list.join("")
+    } else {
+        format!("[{}]", list.join(", "))
+    }
 }

@@ -194,14 +194,8 @@ impl BenchResult for ColdSync {
                     size.peers, agent, floor, ratio, nh, rss, peak, cpu
                 );
             }
-            if let Some(error) = &size.error {
-                let _ = writeln!(
-                    out,
-                    "{:>7} FAILED after {} of {} run(s): {error}",
-                    size.peers,
-                    size.runs.len(),
-                    size.runs_wanted
-                );
+            if let Some(line) = size.failure_line() {
+                let _ = writeln!(out, "{line}");
             }
         }
         out

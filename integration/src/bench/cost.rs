@@ -277,14 +277,8 @@ impl BenchResult for EventCost {
                     size.peers, create, delete, ticks, wall, idle, rss
                 );
             }
-            if let Some(error) = &size.error {
-                let _ = writeln!(
-                    out,
-                    "{:>7} FAILED after {} of {} run(s): {error}",
-                    size.peers,
-                    size.runs.len(),
-                    size.runs_wanted
-                );
+            if let Some(line) = size.failure_line() {
+                let _ = writeln!(out, "{line}");
             }
         }
         out

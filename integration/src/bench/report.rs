@@ -98,6 +98,18 @@ pub struct SizeRuns<R> {
 }
 
 impl<R> SizeRuns<R> {
+    /// The table line for a size that failed (`None` when it did not).
+    pub fn failure_line(&self) -> Option<String> {
+        self.error.as_ref().map(|error| {
+            format!(
+                "{:>7} FAILED after {} of {} run(s): {error}",
+                self.peers,
+                self.runs.len(),
+                self.runs_wanted
+            )
+        })
+    }
+
     /// No runs yet at `peers`, `runs_wanted` of them asked for.
     pub fn new(peers: u32, runs_wanted: usize) -> Self {
         SizeRuns {

@@ -596,14 +596,8 @@ impl BenchResult for WgColdSync {
                     size.wg_go_rss().unwrap_or_default()
                 );
             }
-            if let Some(error) = &size.error {
-                let _ = writeln!(
-                    out,
-                    "{:>7} FAILED after {} of {} run(s): {error}",
-                    size.peers,
-                    size.runs.len(),
-                    size.runs_wanted
-                );
+            if let Some(line) = size.failure_line() {
+                let _ = writeln!(out, "{line}");
             }
         }
         out

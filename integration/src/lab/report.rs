@@ -81,6 +81,14 @@ pub struct StatusTable {
 }
 
 impl StatusTable {
+    /// Every row expects and has programmed every other row as a peer.
+    pub fn everyone_has_everyone(&self) -> bool {
+        let others = self.rows.len().saturating_sub(1);
+        self.rows
+            .iter()
+            .all(|r| r.peers_programmed == others && r.peers_expected == others)
+    }
+
     /// The table as text: one line per node and family; host-gw has no
     /// VTEPMAC column and its DEVICE column says `none` (no flannel
     /// device) unless one is left over.
