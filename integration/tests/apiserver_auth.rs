@@ -622,6 +622,32 @@ async fn managed_fields_name_the_manager_or_the_user_agent() {
         served["metadata"]["managedFields"][1]["manager"],
         "flanneld"
     );
+
+    // A write that changes nothing is no write: same resourceVersion and
+    // managedFields, even once the entry's timestamp (whole seconds) would
+    // differ (kubectl reports "(no change)" from the unchanged version).
+    let before = server.get_node("node-a").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (code, _) = raw(
+        &client,
+        "PATCH",
+        "/api/v1/nodes/node-a?fieldManager=flanneld",
+        Some((
+            "application/merge-patch+json",
+            json!({"spec": {"unschedulable": true}}),
+        )),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let after = server.get_node("node-a").unwrap();
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert_eq!(
+        after.metadata.managed_fields,
+        before.metadata.managed_fields
+    );
 }
 
 fn s(text: &str) -> String {

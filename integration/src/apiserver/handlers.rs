@@ -502,9 +502,7 @@ pub async fn update(
     let stored = shared.store.update(name, dry_run, |current| {
         check_preconditions(name, &sent, current)?;
         let mut new = finish_update(sent.clone(), current, subresource, name)?;
-        if let Some(manager) = manager {
-            managed::record(&mut new, manager, subresource, fields.clone());
-        }
+        record_if_changed(&mut new, current, manager, subresource, &fields);
         Ok(new)
     })?;
     let mut response = bytes_response(StatusCode::OK, stored.json.clone());
@@ -550,6 +548,29 @@ pub async fn patch_one(
     Ok(response)
 }
 
+/// Adds `manager`'s managedFields entry to `new` only when the write
+/// changes the object: kube-apiserver treats a write that changes nothing
+/// as no write at all (same resourceVersion, no event, managedFields and
+/// their timestamps untouched), which `kubectl patch` reports as
+/// "(no change)".
+fn record_if_changed(
+    new: &mut Node,
+    current: &Stored,
+    manager: Option<&str>,
+    subresource: Subresource,
+    fields: &Value,
+) {
+    let Some(manager) = manager else {
+        return;
+    };
+    let mut unversioned = new.clone();
+    unversioned.metadata.resource_version = current.node.metadata.resource_version.clone();
+    if unversioned == current.node {
+        return;
+    }
+    managed::record(new, manager, subresource, fields.clone());
+}
+
 /// How a write is made: dry run, the query (fieldValidation), and the
 /// manager its managedFields entry names (None: no entry, as for the
 /// in-process API).
@@ -592,9 +613,7 @@ pub fn patch_node(
         warnings = field_validation(query, &unknown)?;
         check_preconditions(name, &patched, current)?;
         let mut new = finish_update(patched, current, subresource, name)?;
-        if let Some(manager) = manager {
-            managed::record(&mut new, manager, subresource, fields.clone());
-        }
+        record_if_changed(&mut new, current, manager, subresource, &fields);
         Ok(new)
     })?;
     Ok((stored, warnings))
