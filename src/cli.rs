@@ -84,6 +84,12 @@ pub struct FlannelFlags {
         default_value = "wireguard-go"
     )]
     pub wireguard_userspace_program: PathBuf,
+    /// Which iptables writes the masquerade rules: path (the `iptables` on
+    /// PATH), nft, legacy, or detect (the variant the node's kubelet uses,
+    /// as kube-flannel's image picks it). Not a k3s flag: an image that
+    /// carries both variants needs it.
+    #[arg(long, value_name = "path|nft|legacy|detect", default_value = "path")]
+    pub iptables_mode: String,
 }
 
 impl FlannelFlags {
@@ -115,7 +121,8 @@ impl FlannelFlags {
             .data_dir(&self.data_dir)
             .subnet_file(&self.subnet_file)
             .ipv6_masq(self.flannel_ipv6_masq)
-            .external_ip(self.flannel_external_ip);
+            .external_ip(self.flannel_external_ip)
+            .iptables_mode(self.iptables_mode.parse()?);
         if let Some(iface) = &self.flannel_iface {
             builder = builder.iface(iface);
         }

@@ -417,3 +417,76 @@ fn errors_name_the_command_and_the_namespace() {
         "{error}"
     );
 }
+
+/// `--iptables-mode detect`, as in the DaemonSet image that carries both
+/// variants: the rules go where kubelet's hint chain is (legacy here,
+/// although this machine's plain `iptables` is nft), and with no hint to
+/// the variant with more rules; explicit modes write where they say.
+#[test]
+fn detect_mode_writes_where_kubelet_writes() {
+    use flannel_embed::config::IptablesMode;
+    let has_flannel_chain = |ns: &TestNetns, program: &str| {
+        lines(ns, program, &["-t", "nat", "-S"]).contains(&"-N FLANNEL-POSTRTG".to_string())
+    };
+    let legacy_works = {
+        let ns = TestNetns::new("masqlegacy");
+        ns.exec("iptables-legacy", &["-t", "nat", "-S"]).status.success()
+    };
+    if !legacy_works {
+        eprintln!("skipped: iptables-legacy cannot run here (no ip_tables module)");
+        return;
+    }
+
+    // kubelet's hint in legacy: detect follows it.
+    let ns = TestNetns::new("masqdetl");
+    let path = ns.path();
+    assert!(ns
+        .exec("iptables-legacy", &["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])
+        .status
+        .success());
+    MasqRules::setup_with(
+        DriverKind::Iptables,
+        IptablesMode::Detect,
+        Some(&path),
+        v4("10.42.0.0/24"),
+        None,
+    )
+    .expect("setup, detect");
+    assert!(has_flannel_chain(&ns, "iptables-legacy"));
+    assert!(!has_flannel_chain(&ns, "iptables-nft"));
+    let nat = lines(&ns, "iptables-legacy", &["-t", "nat", "-S"]);
+    assert_eq!(chain(&nat, "-A FLANNEL-POSTRTG "), GOLDEN_NAT, "{nat:#?}");
+
+    // No hint, more rules in nft: nft.
+    let ns = TestNetns::new("masqdetn");
+    let path = ns.path();
+    assert!(ns
+        .exec("iptables-nft", &["-A", "INPUT", "-j", "ACCEPT"])
+        .status
+        .success());
+    MasqRules::setup_with(
+        DriverKind::Iptables,
+        IptablesMode::Detect,
+        Some(&path),
+        v4("10.42.0.0/24"),
+        None,
+    )
+    .expect("setup, detect");
+    assert!(has_flannel_chain(&ns, "iptables-nft"));
+    assert!(!has_flannel_chain(&ns, "iptables-legacy"));
+
+    // Explicit legacy, whatever the node has.
+    let ns = TestNetns::new("masqexpl");
+    let path = ns.path();
+    let (rules, _) = MasqRules::setup_with(
+        DriverKind::Iptables,
+        IptablesMode::Legacy,
+        Some(&path),
+        v4("10.42.0.0/24"),
+        None,
+    )
+    .expect("setup, legacy");
+    assert!(has_flannel_chain(&ns, "iptables-legacy"));
+    assert!(!has_flannel_chain(&ns, "iptables-nft"));
+    assert!(!rules.check_and_restore().expect("check").written);
+}

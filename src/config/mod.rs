@@ -242,6 +242,7 @@ pub struct Config {
     set_node_network_unavailable: bool,
     wireguard: WireguardSettings,
     api_credential: String,
+    iptables_mode: IptablesMode,
 }
 
 /// What [`ConfigBuilder::api_credential`] says when the host says nothing.
@@ -269,6 +270,7 @@ impl Config {
             set_node_network_unavailable: true,
             wireguard: WireguardSettings::default(),
             api_credential: DEFAULT_API_CREDENTIAL.to_string(),
+            iptables_mode: IptablesMode::default(),
         }
     }
 
@@ -350,6 +352,11 @@ impl Config {
         &self.api_credential
     }
 
+    /// Which iptables programs the masquerade rules are written with.
+    pub fn iptables_mode(&self) -> IptablesMode {
+        self.iptables_mode
+    }
+
     /// The wireguard backend's key file and implementation settings.
     pub fn wireguard(&self) -> &WireguardSettings {
         &self.wireguard
@@ -382,6 +389,7 @@ pub struct ConfigBuilder {
     set_node_network_unavailable: bool,
     wireguard: WireguardSettings,
     api_credential: String,
+    iptables_mode: IptablesMode,
 }
 
 impl ConfigBuilder {
@@ -520,6 +528,28 @@ impl ConfigBuilder {
         self
     }
 
+    /// `--iptables-mode`: which iptables programs write the masquerade
+    /// rules when net-conf.json does not choose nftables (default
+    /// [`IptablesMode::Path`], the `iptables` on `PATH`, as the host set
+    /// it up). An image that carries both iptables variants uses
+    /// [`IptablesMode::Detect`] to write where the node's kubelet and
+    /// kube-proxy write.
+    ///
+    /// ```
+    /// use flannel_embed::config::IptablesMode;
+    /// use flannel_embed::Config;
+    ///
+    /// let config = Config::builder("node-a")
+    ///     .iptables_mode("detect".parse()?)
+    ///     .build()?;
+    /// assert_eq!(config.iptables_mode(), IptablesMode::Detect);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn iptables_mode(mut self, mode: IptablesMode) -> Self {
+        self.iptables_mode = mode;
+        self
+    }
+
     /// Checks every setting and returns the [`Config`], or the first
     /// problem, naming the setting.
     pub fn build(self) -> Result<Config, ConfigError> {
@@ -575,6 +605,7 @@ impl ConfigBuilder {
             set_node_network_unavailable: self.set_node_network_unavailable,
             wireguard: self.wireguard,
             api_credential: self.api_credential,
+            iptables_mode: self.iptables_mode,
         })
     }
 }
@@ -618,6 +649,52 @@ impl std::str::FromStr for WireguardImplementation {
             "kernel" => Ok(WireguardImplementation::Kernel),
             "userspace" => Ok(WireguardImplementation::Userspace),
             other => Err(format!("'{other}' is not one of auto, kernel, userspace")),
+        }
+    }
+}
+
+/// Which iptables programs the iptables driver runs (`--iptables-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IptablesMode {
+    /// `iptables-save` / `iptables-restore` from `PATH`: whatever the
+    /// host's `iptables` is (update-alternatives, a distribution's own).
+    #[default]
+    Path,
+    /// `iptables-nft-save` / `iptables-nft-restore`.
+    Nft,
+    /// `iptables-legacy-save` / `iptables-legacy-restore`.
+    Legacy,
+    /// Look once at start-up, as kube-flannel's image does
+    /// (kubernetes-sigs/iptables-wrappers): the variant holding kubelet's
+    /// `KUBE-IPTABLES-HINT` or `KUBE-KUBELET-CANARY` chain, else the one
+    /// with more rules, else nft.
+    Detect,
+}
+
+impl IptablesMode {
+    /// The setting's value as written on a command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IptablesMode::Path => "path",
+            IptablesMode::Nft => "nft",
+            IptablesMode::Legacy => "legacy",
+            IptablesMode::Detect => "detect",
+        }
+    }
+}
+
+impl std::str::FromStr for IptablesMode {
+    type Err = ConfigError;
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        match text {
+            "path" => Ok(IptablesMode::Path),
+            "nft" => Ok(IptablesMode::Nft),
+            "legacy" => Ok(IptablesMode::Legacy),
+            "detect" => Ok(IptablesMode::Detect),
+            other => Err(ConfigError::invalid(
+                "--iptables-mode",
+                format!("'{other}' is not one of path, nft, legacy, detect"),
+            )),
         }
     }
 }

@@ -14,13 +14,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use tracing::{info, warn};
 
 use super::exec::Runner;
 use super::rules::{Chain, Family, Rule, RuleSet};
 use super::{lock, DriverKind, MasqError, Outcome, RuleDriver};
+use crate::config::IptablesMode;
 
 /// How long `iptables-restore` waits for the xtables lock (`-w 5`) before
 /// it gives up with exit status 4: a lock held by another program is then
@@ -189,27 +190,157 @@ struct State {
     warned: HashSet<Family>,
 }
 
+/// kubelet's chains that say which iptables it writes with: since
+/// Kubernetes 1.24 it creates `KUBE-IPTABLES-HINT` (mangle) in the
+/// variant it uses, and `KUBE-KUBELET-CANARY` before that.
+const KUBELET_HINT_CHAINS: [&str; 2] = ["KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"];
+
+/// Chooses between iptables-legacy and iptables-nft the way
+/// kubernetes-sigs/iptables-wrappers does (kube-flannel's and
+/// kube-proxy's images): the variant holding kubelet's hint chain wins;
+/// else the one with more rules; else nft. Each argument is that
+/// variant's `iptables-save` plus `ip6tables-save` output, `None` when
+/// the variant is not installed. Returns the mode (`Nft` or `Legacy`)
+/// and why, or `None` when neither is installed.
+///
+/// ```
+/// use flannel_embed::config::IptablesMode;
+/// use flannel_embed::masq::detect_iptables_mode;
+///
+/// let legacy = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n";
+/// let nft = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+/// let (mode, why) = detect_iptables_mode(Some(legacy), Some(nft)).unwrap();
+/// assert_eq!(mode, IptablesMode::Nft);
+/// assert!(why.contains("KUBE-IPTABLES-HINT"));
+/// ```
+pub fn detect_iptables_mode(
+    legacy: Option<&str>,
+    nft: Option<&str>,
+) -> Option<(IptablesMode, String)> {
+    let hint = |text: &str| {
+        let tables = parse_save(text);
+        KUBELET_HINT_CHAINS
+            .into_iter()
+            .find(|chain| tables.values().any(|t| t.chains.contains(*chain)))
+    };
+    let rules = |text: &str| -> usize { parse_save(text).values().map(|t| t.rules.len()).sum() };
+    match (legacy, nft) {
+        (None, None) => None,
+        (Some(_), None) => Some((
+            IptablesMode::Legacy,
+            "only iptables-legacy is installed".into(),
+        )),
+        (None, Some(_)) => Some((IptablesMode::Nft, "only iptables-nft is installed".into())),
+        (Some(legacy), Some(nft)) => Some(if let Some(chain) = hint(nft) {
+            (
+                IptablesMode::Nft,
+                format!("kubelet's {chain} chain is in nft"),
+            )
+        } else if let Some(chain) = hint(legacy) {
+            (
+                IptablesMode::Legacy,
+                format!("kubelet's {chain} chain is in legacy"),
+            )
+        } else {
+            let (l, n) = (rules(legacy), rules(nft));
+            if l > n {
+                (
+                    IptablesMode::Legacy,
+                    format!("no kubelet hint chain; legacy has more rules ({l} against {n})"),
+                )
+            } else {
+                (
+                    IptablesMode::Nft,
+                    format!("no kubelet hint chain; legacy has no more rules than nft ({l} against {n})"),
+                )
+            }
+        }),
+    }
+}
+
 /// The iptables driver (`iptables-save`, `iptables-restore --noflush`,
-/// and the `ip6tables` twins), in one network namespace.
+/// and the `ip6tables` twins, or their `-nft` / `-legacy` variants), in
+/// one network namespace.
 #[derive(Debug)]
 pub struct Iptables {
     runner: Runner,
+    mode: IptablesMode,
+    /// The variant in use (`Detect` resolved at first use, once).
+    resolved: OnceLock<IptablesMode>,
     writes: AtomicU64,
     state: Mutex<State>,
 }
 
 impl Iptables {
-    /// A driver for the namespace at `netns` (`None`: our own).
+    /// A driver for the namespace at `netns` (`None`: our own), with the
+    /// `iptables` programs on `PATH`.
     pub fn new(netns: Option<&Path>) -> Iptables {
+        Iptables::with_mode(netns, IptablesMode::Path)
+    }
+
+    /// A driver that runs the programs `mode` names.
+    pub fn with_mode(netns: Option<&Path>, mode: IptablesMode) -> Iptables {
         Iptables {
             runner: Runner::new(netns),
+            mode,
+            resolved: OnceLock::new(),
             writes: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         }
     }
 
+    /// The program for `family` and `tool` (`save`, `restore`) in `mode`.
+    fn program(mode: IptablesMode, family: Family, tool: &str) -> String {
+        match mode {
+            IptablesMode::Nft => format!("{}-nft-{tool}", family.iptables()),
+            IptablesMode::Legacy => format!("{}-legacy-{tool}", family.iptables()),
+            IptablesMode::Path | IptablesMode::Detect => format!("{}-{tool}", family.iptables()),
+        }
+    }
+
+    /// The variant in use; in detect mode, looks at both once (called
+    /// with the state lock held, so two checks never detect twice).
+    fn resolved(&self) -> Result<IptablesMode, MasqError> {
+        if let Some(mode) = self.resolved.get() {
+            return Ok(*mode);
+        }
+        if self.mode != IptablesMode::Detect {
+            return Ok(*self.resolved.get_or_init(|| self.mode));
+        }
+        // Both families, as iptables-wrappers counts them; a variant whose
+        // IPv4 save is missing is not installed; any other failure counts
+        // as no rules (the other variant or nft then wins).
+        let save_all = |mode: IptablesMode| -> Option<String> {
+            let mut text = String::new();
+            for family in Family::ALL {
+                match self
+                    .runner
+                    .run(&Iptables::program(mode, family, "save"), &[], None)
+                {
+                    Ok(out) => text += &out,
+                    Err(MasqError::Missing { .. }) if family == Family::V4 => return None,
+                    Err(e) => {
+                        warn!(netns = %self.runner.label(), "detecting the iptables variant: {e}")
+                    }
+                }
+            }
+            Some(text)
+        };
+        let legacy = save_all(IptablesMode::Legacy);
+        let nft = save_all(IptablesMode::Nft);
+        let Some((mode, why)) = detect_iptables_mode(legacy.as_deref(), nft.as_deref()) else {
+            return Err(MasqError::Missing {
+                program: "iptables-nft-save or iptables-legacy-save (--iptables-mode detect)"
+                    .into(),
+                netns: self.runner.label(),
+            });
+        };
+        info!(netns = %self.runner.label(), "iptables mode: {} ({why})", mode.as_str());
+        Ok(*self.resolved.get_or_init(|| mode))
+    }
+
     fn dump(&self, family: Family) -> Result<BTreeMap<String, SavedTable>, MasqError> {
-        let save = format!("{}-save", family.iptables());
+        let save = Iptables::program(self.resolved()?, family, "save");
         Ok(parse_save(&self.runner.run(&save, &[], None)?))
     }
 
@@ -246,7 +377,7 @@ impl Iptables {
         if plans.is_empty() {
             return Ok(());
         }
-        let restore = format!("{}-restore", family.iptables());
+        let restore = Iptables::program(self.resolved()?, family, "restore");
         self.runner.run(
             &restore,
             &["--noflush", "-w", XTABLES_WAIT_SECONDS],
@@ -342,6 +473,77 @@ impl RuleDriver for Iptables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detect_iptables_mode_table() {
+        const EMPTY: &str = "";
+        const HINT: &str =
+            "*mangle\n:PREROUTING ACCEPT [0:0]\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+        const CANARY: &str = "*nat\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n";
+        const TWO_RULES: &str =
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\n-A INPUT -j DROP\nCOMMIT\n";
+        const ONE_RULE: &str =
+            "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j RETURN\nCOMMIT\n";
+        // iptables-nft-save's note about legacy tables is a comment, not a rule.
+        const NOTE: &str =
+            "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n";
+        use IptablesMode::{Legacy, Nft};
+        let cases: [(Option<&str>, Option<&str>, Option<IptablesMode>, &str); 10] = [
+            (None, None, None, ""),
+            (Some(TWO_RULES), None, Some(Legacy), "only iptables-legacy"),
+            (None, Some(EMPTY), Some(Nft), "only iptables-nft"),
+            (Some(EMPTY), Some(EMPTY), Some(Nft), "(0 against 0)"),
+            (
+                Some(TWO_RULES),
+                Some(ONE_RULE),
+                Some(Legacy),
+                "(2 against 1)",
+            ),
+            (Some(ONE_RULE), Some(TWO_RULES), Some(Nft), "(1 against 2)"),
+            (Some(ONE_RULE), Some(NOTE), Some(Legacy), "(1 against 0)"),
+            // The hint beats the rule count, nft's hint beats legacy's.
+            (
+                Some(TWO_RULES),
+                Some(HINT),
+                Some(Nft),
+                "KUBE-IPTABLES-HINT chain is in nft",
+            ),
+            (
+                Some(HINT),
+                Some(TWO_RULES),
+                Some(Legacy),
+                "KUBE-IPTABLES-HINT chain is in legacy",
+            ),
+            (Some(CANARY), Some(HINT), Some(Nft), "in nft"),
+        ];
+        for (legacy, nft, want, why) in cases {
+            let got = detect_iptables_mode(legacy, nft);
+            assert_eq!(got.as_ref().map(|(m, _)| *m), want, "{legacy:?} {nft:?}");
+            if let Some((_, reason)) = got {
+                assert!(reason.contains(why), "{reason:?} lacks {why:?}");
+            }
+        }
+        assert!(detect_iptables_mode(Some(CANARY), Some(EMPTY))
+            .unwrap()
+            .1
+            .contains("KUBE-KUBELET-CANARY chain is in legacy"));
+    }
+
+    #[test]
+    fn program_names_per_mode() {
+        assert_eq!(
+            Iptables::program(IptablesMode::Path, Family::V4, "save"),
+            "iptables-save"
+        );
+        assert_eq!(
+            Iptables::program(IptablesMode::Nft, Family::V6, "restore"),
+            "ip6tables-nft-restore"
+        );
+        assert_eq!(
+            Iptables::program(IptablesMode::Legacy, Family::V4, "restore"),
+            "iptables-legacy-restore"
+        );
+    }
 
     const SAVE: &str = r#"# Generated by iptables-save v1.8.9 (nf_tables) on Thu Nov 26 06:26:15 2026
 *filter

@@ -34,9 +34,10 @@ use std::time::Duration;
 use ipnetwork::IpNetwork;
 use tracing::{error, info, warn};
 
+use crate::config::IptablesMode;
 use crate::files::SubnetEnv;
 
-pub use iptables::Iptables;
+pub use iptables::{detect_iptables_mode, Iptables};
 pub use nftables::Nftables;
 pub use rules::{
     forward_rules, masq_rules, normalise, AddrMatch, Chain, Family, FamilyRules, Rule, RuleSet,
@@ -139,10 +140,17 @@ impl DriverKind {
         }
     }
 
-    /// A driver of this kind for the namespace at `netns` (`None`: ours).
+    /// A driver of this kind for the namespace at `netns` (`None`: ours),
+    /// iptables from `PATH`.
     pub fn driver(self, netns: Option<&Path>) -> Arc<dyn RuleDriver> {
+        self.driver_with(netns, IptablesMode::Path)
+    }
+
+    /// A driver of this kind; an iptables one runs the programs `mode`
+    /// names (an nftables one ignores it).
+    pub fn driver_with(self, netns: Option<&Path>, mode: IptablesMode) -> Arc<dyn RuleDriver> {
         match self {
-            DriverKind::Iptables => Arc::new(Iptables::new(netns)),
+            DriverKind::Iptables => Arc::new(Iptables::with_mode(netns, mode)),
             DriverKind::Nftables => Arc::new(Nftables::new(netns)),
         }
     }
@@ -210,7 +218,19 @@ impl MasqRules {
         desired: RuleSet,
         previous: Option<&SubnetEnv>,
     ) -> Result<(MasqRules, Outcome), MasqError> {
-        let other = kind.other().driver(netns);
+        MasqRules::setup_with(kind, IptablesMode::Path, netns, desired, previous)
+    }
+
+    /// [`MasqRules::setup`] with the iptables programs `mode` names (for
+    /// the driver in use and for the other one's cleanup).
+    pub fn setup_with(
+        kind: DriverKind,
+        mode: IptablesMode,
+        netns: Option<&Path>,
+        desired: RuleSet,
+        previous: Option<&SubnetEnv>,
+    ) -> Result<(MasqRules, Outcome), MasqError> {
+        let other = kind.other().driver_with(netns, mode);
         match other.remove_all() {
             Ok(outcome) if outcome.written => {
                 info!(
@@ -242,7 +262,7 @@ impl MasqRules {
                 }
             }
         }
-        let driver = kind.driver(netns);
+        let driver = kind.driver_with(netns, mode);
         let outcome = driver.ensure(&desired)?;
         Ok((MasqRules { driver, desired }, outcome))
     }

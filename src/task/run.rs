@@ -489,9 +489,14 @@ async fn setup_masq(
     let netns = config.netns().map(Path::to_path_buf);
     // Read before anything rewrites it: it names the previous lease.
     let previous = SubnetEnv::read(config.subnet_file()).ok();
-    let keeper = MasqRules::new(kind.driver(netns.as_deref()), desired);
+    let mode = config.iptables_mode();
+    // Made but not used unless setup fails: a driver looks at the node
+    // (detect mode) only when it is first used.
+    let keeper = MasqRules::new(kind.driver_with(netns.as_deref(), mode), desired);
     let setup = scope
-        .blocking(move || MasqRules::setup(kind, netns.as_deref(), desired, previous.as_ref()))
+        .blocking(move || {
+            MasqRules::setup_with(kind, mode, netns.as_deref(), desired, previous.as_ref())
+        })
         .await
         .map_err(|e| Error::new(Step::Run, Failure::Panicked(e.to_string())))?;
     match setup {
