@@ -430,7 +430,9 @@ fn detect_mode_writes_where_kubelet_writes() {
     };
     let legacy_works = {
         let ns = TestNetns::new("masqlegacy");
-        ns.exec("iptables-legacy", &["-t", "nat", "-S"]).status.success()
+        ns.exec("iptables-legacy", &["-t", "nat", "-S"])
+            .status
+            .success()
     };
     if !legacy_works {
         eprintln!("skipped: iptables-legacy cannot run here (no ip_tables module)");
@@ -441,7 +443,10 @@ fn detect_mode_writes_where_kubelet_writes() {
     let ns = TestNetns::new("masqdetl");
     let path = ns.path();
     assert!(ns
-        .exec("iptables-legacy", &["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"])
+        .exec(
+            "iptables-legacy",
+            &["-t", "mangle", "-N", "KUBE-IPTABLES-HINT"]
+        )
         .status
         .success());
     MasqRules::setup_with(

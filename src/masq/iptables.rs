@@ -488,7 +488,13 @@ mod tests {
         const NOTE: &str =
             "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n";
         use IptablesMode::{Legacy, Nft};
-        let cases: [(Option<&str>, Option<&str>, Option<IptablesMode>, &str); 10] = [
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Option<IptablesMode>,
+            &'a str,
+        );
+        let cases: [Case; 10] = [
             (None, None, None, ""),
             (Some(TWO_RULES), None, Some(Legacy), "only iptables-legacy"),
             (None, Some(EMPTY), Some(Nft), "only iptables-nft"),
