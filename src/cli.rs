@@ -41,6 +41,11 @@ pub struct FlannelFlags {
     /// Copy this CNI conflist verbatim instead of writing k3s's.
     #[arg(long, value_name = "FILE")]
     pub flannel_cni_conf: Option<PathBuf>,
+    /// Write (and keep) the CNI conflist in this directory instead of
+    /// DATA_DIR/agent/etc/cni/net.d, e.g. the host's /etc/cni/net.d when
+    /// the agent runs as a DaemonSet. Not a k3s flag.
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
     /// Masquerade IPv6 pod traffic too (dual-stack / IPv6-only clusters).
     #[arg(long)]
     pub flannel_ipv6_masq: bool,
@@ -131,6 +136,9 @@ impl FlannelFlags {
         }
         if let Some(path) = &self.flannel_cni_conf {
             builder = builder.cni_conf_override(path);
+        }
+        if let Some(dir) = &self.cni_conf_dir {
+            builder = builder.cni_conf_dir(dir);
         }
         if let Some(path) = &self.netns {
             builder = builder.netns(path);
@@ -242,6 +250,22 @@ mod tests {
             config.netns(),
             Some(std::path::Path::new("/var/run/netns/n1"))
         );
+        let daemonset =
+            super::tests::config(&["--data-dir=/data", "--cni-conf-dir=/etc/cni/net.d"]).unwrap();
+        assert_eq!(
+            daemonset.cni_conflist_path(),
+            PathBuf::from("/etc/cni/net.d/10-flannel.conflist")
+        );
+        assert_eq!(
+            daemonset.netconf_path(),
+            PathBuf::from("/data/agent/etc/flannel/net-conf.json")
+        );
+        assert!(Config::builder("n")
+            .cni_conf_dir("")
+            .build()
+            .unwrap_err()
+            .to_string()
+            .contains("--cni-conf-dir: must not be empty"));
     }
 
     #[test]

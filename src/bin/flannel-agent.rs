@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use flannel_embed::cli::FlannelFlags;
+use flannel_embed::cni::install;
 use flannel_embed::Status;
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
@@ -22,8 +23,15 @@ use tracing::{debug, error, info, warn};
 
 /// Run flannel's pod network for one node, as k3s's embedded flannel does.
 #[derive(Debug, Parser)]
-#[command(name = "flannel-agent", version, args_override_self = true)]
+#[command(
+    name = "flannel-agent",
+    version,
+    args_override_self = true,
+    args_conflicts_with_subcommands = true
+)]
 struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
     #[command(flatten)]
     flannel: FlannelFlags,
     /// kubeconfig to reach the API server (default: $KUBECONFIG,
@@ -36,6 +44,35 @@ struct AgentArgs {
     /// --healthz-port in one). Off by default.
     #[arg(long, value_name = "ADDR:PORT")]
     healthz_bind: Option<SocketAddr>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Install the CNI plugins and the conflist this node needs into the
+    /// host's CNI directories, then exit (the DaemonSet's init container).
+    /// Our `flannel` plugin always comes from the image; a delegate only
+    /// where the node has no working one.
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct InstallCniArgs {
+    /// The host's CNI plugin directory.
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_BIN_DIR)]
+    cni_bin_dir: PathBuf,
+    /// The host's CNI configuration directory.
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CONF_DIR)]
+    cni_conf_dir: PathBuf,
+    /// The conflist to install, copied verbatim (default: k3s's
+    /// flannel + portmap + bandwidth conflist).
+    #[arg(long, value_name = "FILE")]
+    cni_conf: Option<PathBuf>,
+    /// The conflist's file name in --cni-conf-dir.
+    #[arg(long, value_name = "NAME", default_value = install::CONFLIST_NAME)]
+    conflist_name: String,
+    /// Where the plugins to install are (the image's copies).
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_PLUGINS_DIR)]
+    plugins_dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +103,9 @@ fn main() -> ExitCode {
         )
         .init();
 
+    if let Some(AgentCommand::InstallCni(install)) = args.command {
+        return install_cni(install);
+    }
     let credential = describe_credential(args.kubeconfig.as_deref());
     let config = match args
         .flannel
@@ -95,6 +135,52 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(config, args.kubeconfig, args.healthz_bind))
+}
+
+/// `flannel-agent install-cni`: one line per plugin and one for the
+/// conflist; exit 1 with the reason when the node cannot be served.
+fn install_cni(args: InstallCniArgs) -> ExitCode {
+    let mut installer = install::Installer {
+        plugins_dir: args.plugins_dir,
+        bin_dir: args.cni_bin_dir,
+        conf_dir: args.cni_conf_dir,
+        conflist_name: args.conflist_name,
+        ..install::Installer::new()
+    };
+    if let Some(path) = &args.cni_conf {
+        installer = match installer.conflist_from(path) {
+            Ok(installer) => installer,
+            Err(e) => {
+                error!("install-cni: --cni-conf: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    }
+    let report = match installer.run() {
+        Ok(report) => report,
+        Err(e) => {
+            error!("install-cni: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bin_dir = installer.bin_dir.display();
+    for (plugin, action) in &report.plugins {
+        match action {
+            install::Action::Install => {
+                info!("installed {plugin} into {bin_dir}: the node had none")
+            }
+            install::Action::UpToDate => info!("{bin_dir}/{plugin} is up to date"),
+            install::Action::Replace(why) => info!("replaced {bin_dir}/{plugin}: {why}"),
+            install::Action::Keep(why) => info!("kept {bin_dir}/{plugin}: {why}"),
+        }
+    }
+    let conflist = report.conflist_path.display();
+    if report.conflist_changed {
+        info!("wrote {conflist} ({})", installer.conflist_source);
+    } else {
+        info!("{conflist} is up to date ({})", installer.conflist_source);
+    }
+    ExitCode::SUCCESS
 }
 
 async fn run(

@@ -33,6 +33,7 @@
 mod delegate;
 mod error;
 mod exec;
+pub mod install;
 mod netconf;
 mod plugin;
 mod state;

@@ -237,6 +237,7 @@ pub struct Config {
     ip_masq: bool,
     netconf_override: Option<PathBuf>,
     cni_conf_override: Option<PathBuf>,
+    cni_conf_dir: Option<PathBuf>,
     annotation_prefix: String,
     netns: Option<PathBuf>,
     set_node_network_unavailable: bool,
@@ -265,6 +266,7 @@ impl Config {
             ip_masq: true,
             netconf_override: None,
             cni_conf_override: None,
+            cni_conf_dir: None,
             annotation_prefix: DEFAULT_ANNOTATION_PREFIX.to_string(),
             netns: None,
             set_node_network_unavailable: true,
@@ -341,10 +343,12 @@ impl Config {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("agent/etc/flannel/net-conf.json"))
     }
-    /// The directory the CNI conflist goes in
-    /// (`<data-dir>/agent/etc/cni/net.d`).
+    /// The directory the CNI conflist goes in: `--cni-conf-dir`, else
+    /// `<data-dir>/agent/etc/cni/net.d` (k3s's).
     pub fn cni_conf_dir(&self) -> PathBuf {
-        self.data_dir.join("agent/etc/cni/net.d")
+        self.cni_conf_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("agent/etc/cni/net.d"))
     }
     /// How the host's Kubernetes credential is named in 401/403 messages
     /// (see [`ConfigBuilder::api_credential`]).
@@ -362,7 +366,7 @@ impl Config {
         &self.wireguard
     }
 
-    /// `<data-dir>/agent/etc/cni/net.d/10-flannel.conflist`.
+    /// `10-flannel.conflist` in [`Config::cni_conf_dir`].
     pub fn cni_conflist_path(&self) -> PathBuf {
         self.cni_conf_dir().join("10-flannel.conflist")
     }
@@ -384,6 +388,7 @@ pub struct ConfigBuilder {
     ip_masq: bool,
     netconf_override: Option<PathBuf>,
     cni_conf_override: Option<PathBuf>,
+    cni_conf_dir: Option<PathBuf>,
     annotation_prefix: String,
     netns: Option<PathBuf>,
     set_node_network_unavailable: bool,
@@ -448,6 +453,13 @@ impl ConfigBuilder {
     /// `--flannel-cni-conf`.
     pub fn cni_conf_override(mut self, path: impl Into<PathBuf>) -> Self {
         self.cni_conf_override = Some(path.into());
+        self
+    }
+    /// `--cni-conf-dir`: where the conflist is written and kept, instead
+    /// of `<data-dir>/agent/etc/cni/net.d`; a DaemonSet points it at the
+    /// host's `/etc/cni/net.d` so the runtime's copy is reconciled too.
+    pub fn cni_conf_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cni_conf_dir = Some(dir.into());
         self
     }
     /// flanneld `--kube-annotation-prefix` (default
@@ -578,6 +590,7 @@ impl ConfigBuilder {
         for (setting, path) in [
             ("--flannel-conf", &self.netconf_override),
             ("--flannel-cni-conf", &self.cni_conf_override),
+            ("--cni-conf-dir", &self.cni_conf_dir),
             ("--netns", &self.netns),
             ("--wireguard-key-file", &self.wireguard.key_file),
         ] {
@@ -600,6 +613,7 @@ impl ConfigBuilder {
             ip_masq: self.ip_masq,
             netconf_override: self.netconf_override,
             cni_conf_override: self.cni_conf_override,
+            cni_conf_dir: self.cni_conf_dir,
             annotation_prefix,
             netns: self.netns,
             set_node_network_unavailable: self.set_node_network_unavailable,
