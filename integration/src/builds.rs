@@ -1,8 +1,9 @@
 //! Builds the tests and benchmarks need beyond the workspace's own
 //! binaries, made the way a user makes them: the host crates under
 //! `integration/embedders` (a workspace of their own, with their own
-//! Kubernetes API version) and the static `flannel` CNI plugin
-//! (`integration/build-static-cni.sh`). Each goes to its own directory
+//! Kubernetes API version), the static `flannel` CNI plugin
+//! (`integration/build-static-cni.sh`), the static delegate plugins
+//! (`build-static-delegates.sh`) and the image (`build-image.sh`). Each goes to its own directory
 //! under the workspace's target directory, so it never waits for the lock
 //! of the `cargo test` that runs it; cargo rebuilds only what changed.
 
@@ -107,16 +108,36 @@ pub fn embedder_tree(package: &str, args: &[&str]) -> Result<String, String> {
 /// Runs `integration/build-static-cni.sh` into `<target>/static` and
 /// returns the static `flannel` plugin it built.
 pub fn static_cni_plugin() -> Result<PathBuf, String> {
+    build_script("build-static-cni.sh", "static")
+}
+
+/// Runs `integration/build-static-delegates.sh` into
+/// `<target>/static-delegates` and returns the directory holding the
+/// static bridge, host-local, loopback, portmap and bandwidth.
+pub fn static_delegates() -> Result<PathBuf, String> {
+    build_script("build-static-delegates.sh", "static-delegates")
+}
+
+/// Runs `integration/build-image.sh` into `<target>/image` and returns the
+/// image archive (`<target>/image/layout` is the same image unpacked).
+pub fn image() -> Result<PathBuf, String> {
+    build_script("build-image.sh", "image")
+}
+
+/// Runs one of the repository's build scripts with `<target>/<out>` as its
+/// argument; each prints what it built as its last line.
+fn build_script(script: &str, out: &str) -> Result<PathBuf, String> {
+    let what = format!("integration/{script}");
     let mut command = Command::new("bash");
     without_outer_cargo(&mut command)
-        .arg(repo_dir().join("integration/build-static-cni.sh"))
-        .arg(target_dir().join("static"))
+        .arg(repo_dir().join("integration").join(script))
+        .arg(target_dir().join(out))
         .current_dir(repo_dir());
-    let output = run(command, "integration/build-static-cni.sh")?;
+    let output = run(command, &what)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let path = stdout.lines().last().unwrap_or_default().trim();
     if path.is_empty() {
-        return Err("integration/build-static-cni.sh printed no binary path".into());
+        return Err(format!("{what} printed no path"));
     }
     Ok(PathBuf::from(path))
 }

@@ -6,9 +6,12 @@ pub mod apiserver;
 pub mod bench;
 pub mod builds;
 pub mod cni_runner;
+pub mod deploy;
 pub mod fixtures;
 pub mod lab;
 pub mod netns;
+pub mod oci;
+pub mod relay;
 pub mod vm;
 
 use std::io::Read;

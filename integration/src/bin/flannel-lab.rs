@@ -141,6 +141,9 @@ enum Cmd {
         netns: PathBuf,
         #[arg(long)]
         cni_path: String,
+        /// The conflist (default: the agent's under its data dir).
+        #[arg(long)]
+        conflist: Option<PathBuf>,
     },
 }
 
@@ -172,10 +175,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         container_id,
         netns,
         cni_path,
+        conflist,
     } = &cli.command
     {
         let path = std::env::split_paths(cni_path).collect();
-        let result = lab::cni::run_on_node(cni_command, container_id, netns, path)?;
+        let result =
+            lab::cni::run_on_node(cni_command, container_id, netns, path, conflist.as_deref())?;
         println!("{result}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -16,17 +16,20 @@ pub const CONFLIST: &str = "/var/lib/rancher/k3s/agent/etc/cni/net.d/10-flannel.
 pub const CACHE_DIR: &str = "/var/lib/cni";
 
 /// Runs `command` (`ADD` or `DEL`) for `container_id` with namespace
-/// `netns`, plugins from `cni_path`. Returns the ADD result as JSON text
-/// (DEL: empty).
+/// `netns`, plugins from `cni_path`, the conflist at `conflist` (default
+/// [`CONFLIST`], the agent's). Returns the ADD result as JSON text (DEL:
+/// empty).
 pub fn run_on_node(
     command: &str,
     container_id: &str,
     netns: &Path,
     cni_path: Vec<PathBuf>,
+    conflist: Option<&Path>,
 ) -> Result<String, String> {
-    let text = std::fs::read_to_string(CONFLIST)
-        .map_err(|e| format!("reading the agent's conflist {CONFLIST}: {e}"))?;
-    let list = ConfList::parse(&text).map_err(|e| format!("{CONFLIST}: {e}"))?;
+    let conflist = conflist.unwrap_or(Path::new(CONFLIST));
+    let text = std::fs::read_to_string(conflist)
+        .map_err(|e| format!("reading the conflist {}: {e}", conflist.display()))?;
+    let list = ConfList::parse(&text).map_err(|e| format!("{}: {e}", conflist.display()))?;
     let runner = Runner::new(list, cni_path, Path::new(CACHE_DIR));
     let attachment = Attachment::new(container_id, netns);
     match command {

@@ -1305,6 +1305,20 @@ impl Lab {
     /// Creates pod `pod` on node `index` (namespace `fl-<id>-n<i>p<j>`) and
     /// attaches it with the node's conflist (CNI ADD inside the node).
     pub fn attach_pod(&mut self, index: usize, pod: usize) -> Result<PodState, LabError> {
+        let cni_path = vec![self.state.bin_dir.clone(), PathBuf::from(SYSTEM_CNI_DIR)];
+        self.attach_pod_with(index, pod, &cni_path, None)
+    }
+
+    /// [`Lab::attach_pod`] with plugins from `cni_path` and the conflist at
+    /// `conflist` (default: the agent's), both as paths outside the node:
+    /// e.g. what an install-cni run put in the node's CNI directories.
+    pub fn attach_pod_with(
+        &mut self,
+        index: usize,
+        pod: usize,
+        cni_path: &[PathBuf],
+        conflist: Option<&Path>,
+    ) -> Result<PodState, LabError> {
         let node = self.state.nodes[index].clone();
         let name = format!("{}p{pod}", node.netns);
         let step = format!("attaching pod {name} on {}", node.name);
@@ -1319,10 +1333,9 @@ impl Lab {
         self.state.pods.push(state.clone());
         self.state.save()?;
         ip_in(&step, &name, &["link", "set", "lo", "up"])?;
-        let cni_path =
-            std::env::join_paths([self.state.bin_dir.clone(), PathBuf::from(SYSTEM_CNI_DIR)])
-                .map_err(|e| LabError::new(&step, format!("CNI_PATH: {e}")))?;
-        let args = vec![
+        let cni_path = std::env::join_paths(cni_path)
+            .map_err(|e| LabError::new(&step, format!("CNI_PATH: {e}")))?;
+        let mut args = vec![
             "cni".to_string(),
             "ADD".to_string(),
             "--container-id".to_string(),
@@ -1332,6 +1345,10 @@ impl Lab {
             "--cni-path".to_string(),
             cni_path.to_string_lossy().into_owned(),
         ];
+        if let Some(conflist) = conflist {
+            args.push("--conflist".to_string());
+            args.push(conflist.to_string_lossy().into_owned());
+        }
         let output = util::output(
             &step,
             &mut self.sandbox(index).inside(self.bin("flannel-lab"), &args),
