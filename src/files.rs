@@ -95,15 +95,18 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<bool, FileError> {
     if fs::read(path).is_ok_and(|existing| existing == contents) {
         return Ok(false);
     }
-    write_atomic_with(path, |file| file.write_all(contents))?;
+    write_atomic_with(path, FILE_MODE, |file| file.write_all(contents))?;
     Ok(true)
 }
 
-/// The mechanism behind [`write_atomic`]; `fill` writes the content into
-/// the temporary file. Kept separate so tests can make the write fail half
-/// way through.
+/// The mechanism behind [`write_atomic`] (and install-cni's plugin
+/// copies): `fill` writes the content into the temporary file, which gets
+/// `mode`. Kept separate so tests can make the write fail half way
+/// through. The temporary file is `.<name>.<pid>.<n>.tmp` in the same
+/// directory.
 pub(crate) fn write_atomic_with(
     path: &Path,
+    mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), FileError> {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -135,7 +138,7 @@ pub(crate) fn write_atomic_with(
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(FILE_MODE)
+        .mode(mode)
         .open(&temp)
         // The temporary file's name changes with every attempt; the step
         // does not, so a lasting failure reads the same each time.
@@ -149,11 +152,14 @@ pub(crate) fn write_atomic_with(
 
     let written = (|| {
         // The umask may have narrowed the mode given to open().
-        file.set_permissions(Permissions::from_mode(FILE_MODE))
-            .map_err(|e| io_error(path, "set mode 0644 on the temporary file", e))?;
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| io_error(path, format!("set mode {mode:o} on the temporary file"), e))?;
         fill(&mut file).map_err(|e| io_error(path, "write the temporary file", e))?;
         file.sync_all()
             .map_err(|e| io_error(path, "fsync the temporary file", e))?;
+        // Closed before it takes the name: executing a file that is open
+        // for writing fails with ETXTBSY (an installed CNI plugin).
+        drop(file);
         fs::rename(&temp, path)
             .map_err(|e| io_error(path, "rename the temporary file into place", e))
     })();
@@ -558,7 +564,7 @@ mod tests {
         let path = dir.path().join("subnet.env");
         write_atomic(&path, SEED_SUBNET_ENV.as_bytes()).unwrap();
 
-        let err = write_atomic_with(&path, |file| {
+        let err = write_atomic_with(&path, FILE_MODE, |file| {
             file.write_all(b"FLANNEL_NETWORK=10.99.")?;
             Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
         })

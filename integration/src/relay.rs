@@ -29,17 +29,9 @@ impl NetnsRelay {
     /// Listens on `127.0.0.1:port` in the namespace at `netns` (`port` 0:
     /// any) and relays each connection to `target`, connected from here.
     pub fn start(netns: &Path, port: u16, target: SocketAddr) -> io::Result<NetnsRelay> {
-        let netns = File::open(netns)?;
-        let listener = std::thread::spawn(move || -> io::Result<TcpListener> {
-            // SAFETY: setns only reads the descriptor; it moves this
-            // thread, which ends right after binding, into the namespace.
-            if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        let listener = in_netns(netns, move || {
             TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))??;
+        })?;
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -109,38 +101,29 @@ fn pipe(a: TcpStream, b: TcpStream) {
 
 /// `GET path` over HTTP/1.1 to `127.0.0.1:port` inside the namespace at
 /// `netns`, as kubelet probes a `hostNetwork` pod: the status code and
-/// body, or why there is none. The connection is made on a thread that
-/// entered the namespace and ends with the request.
+/// body ([`crate::http_get`] from inside the namespace).
 pub fn http_get_in_netns(netns: &Path, port: u16, path: &str) -> io::Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let netns = File::open(netns)?;
     let path = path.to_string();
-    std::thread::spawn(move || -> io::Result<(u16, String)> {
-        // SAFETY: as in NetnsRelay::start; this thread ends here.
+    in_netns(netns, move || {
+        crate::http_get(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), &path)
+    })
+}
+
+/// Runs `work` on a short-lived thread that entered the network namespace
+/// at `netns` (sockets it makes stay in that namespace); never on the
+/// caller's thread.
+fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let netns = File::open(netns)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns only reads the descriptor; it moves this thread,
+        // which ends with `work`, into the namespace.
         if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut stream = TcpStream::connect_timeout(
-            &SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            Duration::from_secs(2),
-        )?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let code = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| io::Error::other(format!("not an HTTP response: {response:?}")))?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        work()
     })
     .join()
     .map_err(|_| io::Error::other("the namespace thread panicked"))?

@@ -31,6 +31,19 @@ fn image_plugins(dir: &Path, plugin: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A scratch node's CNI directories and an image's plugins (the
+/// workspace's `flannel`): (scratch, plugins, bin dir, conf dir).
+fn node_and_image() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let scratch = tempfile::tempdir().unwrap();
+    let plugins = image_plugins(
+        &scratch.path().join("image"),
+        &workspace_bin_dir().join("flannel"),
+    );
+    let bin = scratch.path().join("opt/cni/bin");
+    let conf = scratch.path().join("etc/cni/net.d");
+    (scratch, plugins, bin, conf)
+}
+
 fn install_cni(plugins: &Path, bin: &Path, conf: &Path) -> Output {
     let output = Command::new(workspace_bin_dir().join("flannel-agent"))
         .arg("install-cni")
@@ -64,13 +77,7 @@ fn snapshot(dir: &Path) -> BTreeMap<String, (u64, i64, i64)> {
 
 #[test]
 fn twice_is_the_same_as_once() {
-    let scratch = tempfile::tempdir().unwrap();
-    let plugins = image_plugins(
-        &scratch.path().join("image"),
-        &workspace_bin_dir().join("flannel"),
-    );
-    let bin = scratch.path().join("opt/cni/bin");
-    let conf = scratch.path().join("etc/cni/net.d");
+    let (_scratch, plugins, bin, conf) = node_and_image();
     let first = install_cni(&plugins, &bin, &conf);
     let said = String::from_utf8_lossy(&first.stderr);
     for plugin in DELEGATES.iter().chain(&["flannel"]) {
@@ -115,13 +122,7 @@ fn twice_is_the_same_as_once() {
 
 #[test]
 fn a_newer_plugin_on_the_node_is_kept_as_the_one_copy() {
-    let scratch = tempfile::tempdir().unwrap();
-    let plugins = image_plugins(
-        &scratch.path().join("image"),
-        &workspace_bin_dir().join("flannel"),
-    );
-    let bin = scratch.path().join("opt/cni/bin");
-    let conf = scratch.path().join("etc/cni/net.d");
+    let (_scratch, plugins, bin, conf) = node_and_image();
     std::fs::create_dir_all(&bin).unwrap();
     // The node's own portmap (Debian's build, not the image's): it answers
     // VERSION with 1.0.0, so it stays.

@@ -357,10 +357,35 @@ while read -r applet; do
 done < <("$root/bin/busybox" --list-full)
 
 # Modules, each after its dependencies (modprobe's order: modules.dep lists
-# a module's dependencies most-dependent first).
+# a module's dependencies most-dependent first) and after the modules its
+# softdep "pre:" names, which modules.dep leaves out: libcrc32c (under
+# nf_conntrack and nf_tables) needs a crc32c implementation first, else
+# every netfilter module fails with "unknown symbol".
 moddir=/lib/modules/$kver
 declare -A loaded=()
 load_order=()
+load_path() { # a modules.dep path, after its own softdeps
+    local path=$1 name pre
+    [[ -n ${loaded[$path]:-} ]] && return 0
+    loaded[$path]=1
+    name=$(basename "$path")
+    name=${name%%.ko*}
+    for pre in $(sed -n "s/^softdep ${name//[-_]/[-_]} pre: *//p" "$root$moddir/modules.softdep" | sed 's/ post:.*//'); do
+        add_module "$(module_for "$pre")"
+    done
+    load_order+=("$path")
+}
+module_for() { # a module name or alias -> a module name (a generic crypto
+    # implementation rather than one that needs a CPU feature TCG lacks)
+    local name=$1 candidates
+    if grep -qE "(^|/)${name//[-_]/[-_]}\\.ko(\\.[a-z]+)?:" "$root$moddir/modules.dep"; then
+        echo "$name"
+        return
+    fi
+    candidates=$(awk -v a="$name" '$1 == "alias" && $2 == a {print $3}' "$root$moddir/modules.alias")
+    [[ -n $candidates ]] || die "kernel $kver has no module or alias '$name'"
+    grep -m1 '_generic$' <<<"$candidates" || head -n1 <<<"$candidates"
+}
 add_module() {
     local name=$1 line path deps i
     line=$(grep -E "(^|/)${name//[-_]/[-_]}\\.ko(\\.[a-z]+)?:" "$root$moddir/modules.dep" | head -n1 || true)
@@ -371,15 +396,9 @@ add_module() {
     path=${line%%:*}
     read -r -a deps <<<"${line#*:}"
     for ((i = ${#deps[@]} - 1; i >= 0; i--)); do
-        if [[ -z ${loaded[${deps[i]}]:-} ]]; then
-            loaded[${deps[i]}]=1
-            load_order+=("${deps[i]}")
-        fi
+        load_path "${deps[i]}"
     done
-    if [[ -z ${loaded[$path]:-} ]]; then
-        loaded[$path]=1
-        load_order+=("$path")
-    fi
+    load_path "$path"
 }
 for m in "${modules[@]}"; do
     add_module "$m"

@@ -37,9 +37,9 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,11 +67,6 @@ pub const PLUGIN_MODE: u32 = 0o755;
 /// How long a plugin already on the node gets to answer `VERSION`.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Temporary files of this module start with this; a run removes the ones
-/// an interrupted run left behind (kubelet runs a pod's init containers
-/// one at a time, and the DaemonSet has one pod per node).
-const TEMP_PREFIX: &str = ".flannel-embed-install.";
-
 /// Why `install-cni` could not do its job; each names the input or path.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -97,28 +92,17 @@ pub enum InstallError {
         /// The image's plugin directory.
         plugins_dir: PathBuf,
     },
-    /// A file step failed.
-    #[error("{path}: could not {step}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// What was being done.
-        step: String,
-        /// The operating system's answer.
-        #[source]
-        source: io::Error,
-    },
-    /// Writing the conflist failed.
+    /// A file step failed (names the path and the step).
     #[error(transparent)]
     File(#[from] files::FileError),
 }
 
 fn io_error(path: &Path, step: impl Into<String>, source: io::Error) -> InstallError {
-    InstallError::Io {
+    InstallError::File(files::FileError::Io {
         path: path.to_path_buf(),
         step: step.into(),
         source,
-    }
+    })
 }
 
 /// The plugins a conflist needs on the node, and the CNI version it
@@ -314,7 +298,7 @@ impl Installer {
             )));
         }
         let required = required_plugins(&self.conflist).map_err(conflist_problem)?;
-        remove_leftovers(&self.bin_dir)?;
+        remove_leftovers(&self.bin_dir, &required)?;
         let mut record = Record::load(&self.bin_dir);
 
         let mut plan = Vec::new();
@@ -484,62 +468,30 @@ fn same_bytes(a: &Path, b: &Path) -> Result<bool, InstallError> {
     Ok(bytes_a == bytes_b)
 }
 
-/// Copies `source` to `target` atomically with `mode`.
+/// Copies `source` to `target` atomically with `mode` (see
+/// [`files::write_atomic_with`]).
 fn install_file(source: &Path, target: &Path, mode: u32) -> Result<(), InstallError> {
-    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
-        return Err(io_error(
-            target,
-            "install it",
-            io::Error::new(io::ErrorKind::InvalidInput, "not a file path"),
-        ));
-    };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(files::DIR_MODE)
-        .create(dir)
-        .map_err(|e| io_error(dir, "create the directory", e))?;
-    let temp = dir.join(format!(
-        "{TEMP_PREFIX}{}.{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let copied = (|| {
-        let mut from = File::open(source).map_err(|e| io_error(source, "open it", e))?;
-        let mut to = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)
-            .map_err(|e| io_error(&temp, "create the temporary file", e))?;
-        io::copy(&mut from, &mut to).map_err(|e| io_error(&temp, "copy into it", e))?;
-        // The umask may have narrowed the mode given to open().
-        to.set_permissions(Permissions::from_mode(mode))
-            .map_err(|e| io_error(&temp, format!("set mode {mode:o}"), e))?;
-        to.sync_all().map_err(|e| io_error(&temp, "fsync it", e))?;
-        // Closed before it takes the plugin's name: exec of a file that is
-        // open for writing fails with ETXTBSY.
-        drop(to);
-        fs::rename(&temp, target)
-            .map_err(|e| io_error(target, "rename the temporary file into place", e))
-    })();
-    if copied.is_err() {
-        let _ = fs::remove_file(&temp);
-        return copied;
-    }
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, "fsync the directory", e))
+    let mut from = File::open(source).map_err(|e| io_error(source, "open it", e))?;
+    files::write_atomic_with(target, mode, |to| io::copy(&mut from, to).map(|_| ()))?;
+    Ok(())
 }
 
-/// Removes temporary files an interrupted run left in `dir`.
-fn remove_leftovers(dir: &Path) -> Result<(), InstallError> {
+/// Removes the temporary files an interrupted run left in `dir` for
+/// `plugins` (`.<plugin>.<pid>.<n>.tmp`, see [`files::write_atomic_with`]).
+fn remove_leftovers(dir: &Path, plugins: &RequiredPlugins) -> Result<(), InstallError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error(dir, "list it", e)),
     };
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let ours = name.strip_suffix(".tmp").is_some_and(|stem| {
+            plugins
+                .names()
+                .any(|plugin| stem.starts_with(&format!(".{plugin}.")))
+        });
+        if ours {
             let path = entry.path();
             fs::remove_file(&path)
                 .map_err(|e| io_error(&path, "remove an interrupted run's temporary file", e))?;
@@ -615,6 +567,8 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
 
     fn names(conflist: &str) -> Result<Vec<String>, String> {
         required_plugins(conflist.as_bytes()).map(|r| r.names().map(str::to_string).collect())
@@ -818,6 +772,17 @@ mod tests {
         }
     }
 
+    /// What an empty node's plugin directory holds after a run.
+    const INSTALLED: [&str; 7] = [
+        RECORD_NAME,
+        "bandwidth",
+        "bridge",
+        "flannel",
+        "host-local",
+        "loopback",
+        "portmap",
+    ];
+
     fn listing(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
@@ -836,18 +801,7 @@ mod tests {
             "{report:?}"
         );
         assert!(report.conflist_changed);
-        assert_eq!(
-            listing(&d.bin),
-            [
-                RECORD_NAME,
-                "bandwidth",
-                "bridge",
-                "flannel",
-                "host-local",
-                "loopback",
-                "portmap"
-            ]
-        );
+        assert_eq!(listing(&d.bin), INSTALLED);
         for plugin in ["flannel", "bridge"] {
             let meta = fs::metadata(d.bin.join(plugin)).unwrap();
             assert_eq!(meta.permissions().mode() & 0o777, 0o755);
@@ -888,11 +842,7 @@ mod tests {
         // Someone else's flannel.
         script(&d.bin, "flannel", ANSWERS_1_0);
         // An interrupted run's temporary file.
-        fs::write(
-            d.bin.join(format!("{TEMP_PREFIX}bridge.99")),
-            b"#!/bin/sh\nhalf",
-        )
-        .unwrap();
+        fs::write(d.bin.join(".bridge.99.0.tmp"), b"#!/bin/sh\nhalf").unwrap();
 
         let report = installer(&d).run().unwrap();
         let action = |name: &str| {
@@ -914,18 +864,7 @@ mod tests {
             fs::read(d.bin.join("host-local")).unwrap(),
             fs::read(d.image.join("host-local")).unwrap()
         );
-        assert_eq!(
-            listing(&d.bin),
-            [
-                RECORD_NAME,
-                "bandwidth",
-                "bridge",
-                "flannel",
-                "host-local",
-                "loopback",
-                "portmap"
-            ]
-        );
+        assert_eq!(listing(&d.bin), INSTALLED);
         // The node's portmap is not ours: a newer image never touches it.
         script(&d.image, "portmap", &format!("# image v2\n{ANSWERS_1_0}"));
         let report = installer(&d).run().unwrap();
