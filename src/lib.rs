@@ -69,6 +69,15 @@ pub use task::Fault;
 #[cfg(feature = "network")]
 pub use task::{spawn, Error, Failure, Handle, Health, Part, Phase, Problem, Status, Step};
 
+/// The decoders of outside data that are not public API otherwise, for
+/// the fuzz targets in `integration/fuzz` (not stable).
+#[doc(hidden)]
+pub mod fuzz {
+    pub use crate::cni::invocation_until_exec as cni_invocation;
+    #[cfg(feature = "network")]
+    pub use crate::netlink::decode_datagram as netlink_datagram;
+}
+
 // The README's embedding example is compiled as a doc test.
 #[cfg(all(doctest, feature = "network"))]
 #[doc = include_str!("../README.md")]

@@ -124,6 +124,36 @@ pub fn image() -> Result<PathBuf, String> {
     build_script("build-image.sh", "image")
 }
 
+/// The fuzz targets of `integration/fuzz` (its Cargo.toml's `[[bin]]`s).
+pub const FUZZ_TARGETS: [&str; 8] = [
+    "netconf",
+    "subnet_env",
+    "node_peer",
+    "peer_resolver",
+    "cni_invocation",
+    "netlink_datagram",
+    "wg_uapi",
+    "wg_key_file",
+];
+
+/// `integration/fuzz`, the fuzz targets' own workspace.
+pub fn fuzz_dir() -> PathBuf {
+    repo_dir().join("integration/fuzz")
+}
+
+/// `cargo fuzz SUBCOMMAND --fuzz-dir integration/fuzz ARGS` (stable Rust
+/// needs `--sanitizer none` among ARGS), as the outer cargo's child:
+/// without its jobserver or target directory.
+pub fn cargo_fuzz(subcommand: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    without_outer_cargo(&mut command)
+        .args(["fuzz", subcommand, "--fuzz-dir"])
+        .arg(fuzz_dir())
+        .args(args)
+        .current_dir(repo_dir());
+    command
+}
+
 /// Runs one of the repository's build scripts with `<target>/<out>` as its
 /// argument; each prints what it built as its last line.
 fn build_script(script: &str, out: &str) -> Result<PathBuf, String> {

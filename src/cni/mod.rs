@@ -51,6 +51,8 @@ pub use error::{
     CODE_TRY_AGAIN_LATER, CODE_UNKNOWN_CONTAINER,
 };
 pub use netconf::{Attachment, NetConf, DEFAULT_DATA_DIR, DEFAULT_SUBNET_FILE};
+#[doc(hidden)]
+pub use plugin::invocation_until_exec;
 pub use plugin::{run, valid_container_id, version_info, Outcome, GC_IFNAME};
 pub use state::{state_path, DATA_DIR_MODE, STATE_FILE_MODE};
 pub use version::{

@@ -109,10 +109,57 @@ fn dispatch(
     stdin: &mut dyn Read,
     version_out: &mut CniVersion,
 ) -> Result<Option<String>, Error> {
+    let read_stdin = || {
+        // A conflist entry is a few hundred bytes: one read, not a doubling
+        // series of small ones.
+        let mut bytes = Vec::with_capacity(4096);
+        stdin
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Decode(format!("reading the network config from stdin: {e}")))?;
+        Ok(bytes)
+    };
+    let Some(invocation) = read_invocation(command_text, env, read_stdin, version_out)? else {
+        return Ok(Some(version_info()));
+    };
+    let Invocation {
+        command,
+        args,
+        conf,
+        version,
+    } = invocation;
+    match command {
+        Command::Add => add(&args, &conf, version).map(Some),
+        Command::Del => del(&args, &conf).map(|()| None),
+        Command::Check => check(&args, &conf, version).map(|()| None),
+        Command::Status => status(&args, &conf).map(|()| None),
+        Command::Gc => gc(&args, &conf).map(|()| None),
+        Command::Version => Ok(Some(version_info())),
+    }
+}
+
+/// One invocation as the environment and stdin give it: everything the
+/// plugin decides before it reads a file or runs a delegate.
+struct Invocation {
+    command: Command,
+    args: Args,
+    conf: NetConf,
+    version: CniVersion,
+}
+
+/// Reads the command, the CNI_* variables and (through `read_stdin`, not
+/// for VERSION) the network config; `Ok(None)` for VERSION. Pure: no file
+/// is read and nothing is run. `version_out` gets the config's version as
+/// soon as it is known, for the error's JSON.
+fn read_invocation(
+    command_text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    read_stdin: impl FnOnce() -> Result<Vec<u8>, Error>,
+    version_out: &mut CniVersion,
+) -> Result<Option<Invocation>, Error> {
     let command = Command::parse(command_text)
         .ok_or_else(|| Error::Env(format!("unknown CNI_COMMAND: {command_text}")))?;
     if command == Command::Version {
-        return Ok(Some(version_info()));
+        return Ok(None);
     }
     let get = |name: &str| env(name).filter(|v| !v.is_empty());
     let missing: Vec<&str> = command
@@ -127,12 +174,7 @@ fn dispatch(
             missing.join(",")
         )));
     }
-    // A conflist entry is a few hundred bytes: one read, not a doubling
-    // series of small ones.
-    let mut bytes = Vec::with_capacity(4096);
-    stdin
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::Decode(format!("reading the network config from stdin: {e}")))?;
+    let bytes = read_stdin()?;
     // libcni reads a config without cniVersion as 0.1.0.
     let requested = super::netconf::config_version(&bytes)?.unwrap_or_else(|| "0.1.0".into());
     let version: CniVersion = requested
@@ -157,14 +199,56 @@ fn dispatch(
         validate_ifname(&get("CNI_IFNAME").unwrap_or_default())?;
     }
     let conf = NetConf::parse(&bytes)?;
-    match command {
-        Command::Add => add(&args, &conf, version).map(Some),
-        Command::Del => del(&args, &conf).map(|()| None),
-        Command::Check => check(&args, &conf, version).map(|()| None),
-        Command::Status => status(&args, &conf).map(|()| None),
-        Command::Gc => gc(&args, &conf).map(|()| None),
-        Command::Version => Ok(Some(version_info())),
-    }
+    Ok(Some(Invocation {
+        command,
+        args,
+        conf,
+        version,
+    }))
+}
+
+/// What the plugin does with outside input up to the delegate's exec,
+/// without a file or a process: the invocation from `env` and `stdin`,
+/// then for ADD the delegate config built from `subnet_env` (the
+/// subnet.env text) and saved, and that saved config read back as DEL
+/// reads it. Returns the CNI error JSON (`Err`) or the delegate config
+/// ADD would save (`Ok(None)` for other commands). For the fuzz targets;
+/// it must never panic.
+#[doc(hidden)]
+pub fn invocation_until_exec(
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: &[u8],
+    subnet_env: &str,
+) -> Result<Option<Vec<u8>>, String> {
+    let command = env("CNI_COMMAND").unwrap_or_default();
+    let mut version = CniVersion::LATEST;
+    let run = |version: &mut CniVersion| -> Result<Option<Vec<u8>>, Error> {
+        let invocation = read_invocation(&command, env, || Ok(stdin.to_vec()), version)?;
+        let Some(invocation) = invocation.filter(|i| i.command == Command::Add) else {
+            return Ok(None);
+        };
+        let subnet = SubnetEnv::parse(subnet_env).map_err(|problem| Error::SubnetEnvInvalid {
+            path: invocation.conf.subnet_file.clone(),
+            problem,
+        })?;
+        let delegate = build_delegate(&invocation.conf, &subnet)?;
+        let bytes = render_delegate(&delegate);
+        // DEL must be able to use what ADD saves.
+        let path = state::state_path(&invocation.conf.data_dir, &invocation.args.container_id);
+        let (read_back, kind) = parse_saved(&path, &bytes).ok_or_else(|| {
+            Error::Decode(format!(
+                "the saved delegate config is not readable: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
+        })?;
+        if read_back != delegate || kind != delegate_type(&delegate) {
+            return Err(Error::Decode(
+                "the saved delegate config reads back differently".into(),
+            ));
+        }
+        Ok(Some(bytes))
+    };
+    run(&mut version).map_err(|error| error.to_json(version).to_string())
 }
 
 /// `VERSION`'s answer.

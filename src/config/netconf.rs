@@ -280,6 +280,88 @@ impl NetConf {
         Ok(())
     }
 
+    /// The canonical net-conf.json of this configuration: every field
+    /// flanneld reads, in flanneld's spelling and a fixed order, unset
+    /// optional fields left out, compact. Parsing it gives this value back
+    /// (`NetConf::parse(&conf.render()) == Ok(conf)`), so two files that
+    /// mean the same configuration render the same.
+    ///
+    /// ```
+    /// use flannel_embed::config::NetConf;
+    ///
+    /// let conf = NetConf::parse(r#"{"network": "10.244.0.0/16", "backend": {"type": "vxlan"}}"#)?;
+    /// assert_eq!(
+    ///     conf.render(),
+    ///     r#"{"EnableIPv4":true,"EnableIPv6":false,"EnableNFTables":false,"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":1,"Port":0,"GBP":false,"Learning":false,"DirectRouting":false}}"#
+    /// );
+    /// assert_eq!(NetConf::parse(&conf.render())?, conf);
+    /// # Ok::<(), flannel_embed::config::NetConfError>(())
+    /// ```
+    pub fn render(&self) -> String {
+        let mut top = Map::new();
+        top.insert("EnableIPv4".into(), self.enable_ipv4.into());
+        top.insert("EnableIPv6".into(), self.enable_ipv6.into());
+        top.insert("EnableNFTables".into(), self.enable_nftables.into());
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(value) = value {
+                top.insert(key.into(), Value::String(value));
+            }
+        };
+        put("Network", self.network.map(|n| n.to_string()));
+        put("IPv6Network", self.ipv6_network.map(|n| n.to_string()));
+        put("SubnetMin", self.subnet_min.map(|a| a.to_string()));
+        put("SubnetMax", self.subnet_max.map(|a| a.to_string()));
+        put("IPv6SubnetMin", self.ipv6_subnet_min.map(|a| a.to_string()));
+        put("IPv6SubnetMax", self.ipv6_subnet_max.map(|a| a.to_string()));
+        if let Some(len) = self.subnet_len {
+            top.insert("SubnetLen".into(), len.into());
+        }
+        if let Some(len) = self.ipv6_subnet_len {
+            top.insert("IPv6SubnetLen".into(), len.into());
+        }
+        let mut backend = Map::new();
+        backend.insert("Type".into(), self.backend.type_name().into());
+        match &self.backend {
+            BackendConf::Vxlan(vxlan) => {
+                backend.insert("VNI".into(), vxlan.vni.into());
+                backend.insert("Port".into(), vxlan.port.into());
+                if let Some(mtu) = vxlan.mtu {
+                    backend.insert("MTU".into(), mtu.into());
+                }
+                backend.insert("GBP".into(), vxlan.gbp.into());
+                backend.insert("Learning".into(), vxlan.learning.into());
+                backend.insert("DirectRouting".into(), vxlan.direct_routing.into());
+                if let Some(prefix) = &vxlan.mac_prefix {
+                    backend.insert("MacPrefix".into(), prefix.as_str().into());
+                }
+            }
+            BackendConf::HostGw => {}
+            BackendConf::Wireguard(wg) => {
+                backend.insert("ListenPort".into(), wg.listen_port.into());
+                backend.insert("ListenPortV6".into(), wg.listen_port_v6.into());
+                if let Some(psk) = &wg.psk {
+                    backend.insert("PSK".into(), psk.as_str().into());
+                }
+                backend.insert(
+                    "PersistentKeepaliveInterval".into(),
+                    wg.persistent_keepalive_interval.into(),
+                );
+                if let Some(mtu) = wg.mtu {
+                    backend.insert("MTU".into(), mtu.into());
+                }
+                let mode = match wg.mode {
+                    WireguardMode::Separate => "separate",
+                    WireguardMode::Auto => "auto",
+                    WireguardMode::Ipv4 => "ipv4",
+                    WireguardMode::Ipv6 => "ipv6",
+                };
+                backend.insert("Mode".into(), mode.into());
+            }
+        }
+        top.insert("Backend".into(), Value::Object(backend));
+        Value::Object(top).to_string()
+    }
+
     /// The IPv4 network when IPv4 is enabled.
     pub fn active_ipv4_network(&self) -> Option<Ipv4Network> {
         self.network.filter(|_| self.enable_ipv4)

@@ -30,6 +30,8 @@ use rtnetlink::RouteMessageBuilder;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use iface::{choose_external_interface, ExternalInterface, Link, LinkAddress, RouteEntry};
+#[doc(hidden)]
+pub use nexthop::decode_datagram;
 use nexthop::set_receive_buffer;
 pub use nexthop::{FoundNexthop, NexthopDump, NexthopEvent, RequestError};
 pub use ops::{observation, MAX_IN_FLIGHT};

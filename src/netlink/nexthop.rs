@@ -359,6 +359,23 @@ pub(crate) fn parse_nexthop(payload: &[u8]) -> Option<FoundNexthop> {
     (found.id != 0).then_some(found)
 }
 
+/// Every message of a datagram decoded as the socket's readers decode
+/// them (error/acknowledgement, nexthop), for the fuzz target: what the
+/// kernel (or anything able to write to our socket) sends must never make
+/// the decoders panic or loop. Returns how many messages decoded to
+/// something.
+#[doc(hidden)]
+pub fn decode_datagram(datagram: &[u8]) -> usize {
+    messages(datagram)
+        .iter()
+        .filter(|m| match m.kind {
+            NLMSG_ERROR => parse_error(m.flags, m.payload).is_some(),
+            RTM_NEWNEXTHOP | RTM_DELNEXTHOP => parse_nexthop(m.payload).is_some(),
+            _ => false,
+        })
+        .count()
+}
+
 /// The error of an NLMSG_ERROR payload (`None` for an acknowledgement).
 fn parse_error(flags: u16, payload: &[u8]) -> Option<RequestError> {
     let code = i32::from_ne_bytes(payload.get(..4)?.try_into().ok()?);
@@ -366,7 +383,8 @@ fn parse_error(flags: u16, payload: &[u8]) -> Option<RequestError> {
         return None;
     }
     let mut error = RequestError {
-        errno: -code,
+        // The kernel sends -errno; a malformed i32::MIN must not overflow.
+        errno: code.saturating_neg(),
         message: None,
     };
     if flags & NLM_F_ACK_TLVS != 0 {
@@ -802,6 +820,15 @@ mod tests {
             .starts_with("Nexthop has invalid gateway ("));
         // An acknowledgement is no error.
         assert_eq!(parse_error(0, &0i32.to_ne_bytes()), None);
+        // Found by the netlink_datagram fuzz target: -i32::MIN overflowed.
+        assert_eq!(
+            parse_error(0, &i32::MIN.to_ne_bytes()).map(|e| e.errno),
+            Some(i32::MAX)
+        );
+        assert_eq!(
+            decode_datagram(&[20, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]),
+            1
+        );
         // Truncated input is no panic.
         assert_eq!(parse_nexthop(&[2, 0]), None);
         assert!(messages(&[0xff; 10]).is_empty());

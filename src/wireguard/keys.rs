@@ -196,6 +196,30 @@ pub fn key_file_path(configured: Option<&Path>) -> PathBuf {
     }
 }
 
+/// A key file's content as `wg genkey` writes it (44 characters of base64,
+/// surrounding whitespace ignored). The error never quotes the content: it
+/// may be most of a private key.
+///
+/// ```
+/// use flannel_embed::wireguard::keys::parse_key_file;
+///
+/// let key = parse_key_file(b"YNqHbfBQKaGvzefSSfufvd9ZMaGlwSkTeTVWDb7/ZHA=\n")?;
+/// assert_eq!(key.as_key().to_base64(), "YNqHbfBQKaGvzefSSfufvd9ZMaGlwSkTeTVWDb7/ZHA=");
+/// assert!(parse_key_file(b"not a key").is_err());
+/// # Ok::<(), String>(())
+/// ```
+pub fn parse_key_file(bytes: &[u8]) -> Result<PrivateKey, String> {
+    let text = String::from_utf8_lossy(bytes);
+    Key::from_base64(text.trim())
+        .map(|key| PrivateKey(key.0))
+        .map_err(|_| {
+            format!(
+                "expected 44 characters of base64 (as `wg genkey` writes), found {} bytes",
+                bytes.len()
+            )
+        })
+}
+
 /// Reads the private key from `path`, or generates and writes one (parent
 /// directories 0755, the file 0400, 44 characters of base64 without a
 /// newline) when the file does not exist. Blocking I/O.
@@ -224,14 +248,9 @@ pub fn load_or_generate(path: &Path) -> Result<LoadedKey, KeyFileError> {
     };
     match std::fs::read(path) {
         Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let text = text.trim();
-            let key = Key::from_base64(text).map_err(|_| KeyFileError::Invalid {
+            let key = parse_key_file(&bytes).map_err(|problem| KeyFileError::Invalid {
                 path: path.to_path_buf(),
-                problem: format!(
-                    "expected 44 characters of base64 (as `wg genkey` writes), found {} bytes",
-                    bytes.len()
-                ),
+                problem,
             })?;
             let mut warnings = Vec::new();
             let mode = std::fs::metadata(path)
@@ -246,7 +265,7 @@ pub fn load_or_generate(path: &Path) -> Result<LoadedKey, KeyFileError> {
                 ));
             }
             Ok(LoadedKey {
-                key: PrivateKey(key.0),
+                key,
                 generated: false,
                 warnings,
             })

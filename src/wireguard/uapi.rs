@@ -190,8 +190,23 @@ pub fn encode_set(update: &DeviceUpdate) -> String {
     out
 }
 
-/// Parses a `get=1` answer: the device, its peers and the errno.
+/// Parses a `get=1` answer: the device, its peers and the errno. An error
+/// names the line at fault but never the device's private key, wherever
+/// in a malformed answer it appears.
 pub fn parse_get(answer: &str) -> Result<(DeviceState, i64), String> {
+    parse_get_unredacted(answer).map_err(|mut problem| {
+        for secret in answer
+            .lines()
+            .filter_map(|line| line.strip_prefix("private_key="))
+            .filter(|secret| !secret.is_empty())
+        {
+            problem = problem.replace(secret, "<redacted>");
+        }
+        problem
+    })
+}
+
+fn parse_get_unredacted(answer: &str) -> Result<(DeviceState, i64), String> {
     let mut state = DeviceState::default();
     let mut errno = None;
     let mut peer: Option<PeerState> = None;
@@ -375,5 +390,19 @@ mod tests {
         let error = check_errno("set", "flannel-wg", -22).unwrap_err();
         assert_eq!(error.errno(), Some(22));
         assert!(error.to_string().contains("flannel-wg"), "{error}");
+    }
+
+    #[test]
+    fn no_error_quotes_the_private_key() {
+        // Found by the wg_uapi fuzz target: a malformed line whose value
+        // holds the key was quoted in the error.
+        let secret = "58d5532fc80f3d3c51e83ab846b8967fccc9a453d8e49ccdc0f99258201ffc7f";
+        let answer =
+            format!("private_key={secret}\nlisten_port=518private_key={secret}\nerrno=0\n\n");
+        let problem = parse_get(&answer).unwrap_err();
+        assert_eq!(
+            problem,
+            "listen_port='518private_key=<redacted>' is not a port"
+        );
     }
 }
