@@ -71,9 +71,61 @@ fn is_peer_annotation(key: &str) -> bool {
     PEER_ANNOTATION_NAMES.iter().any(|name| key.ends_with(name))
 }
 
+/// The longest annotation value kept as it is. flannel's longest value
+/// (wireguard backend-data) is under 100 bytes; a longer one can only be
+/// wrong. The peer cache keeps verdicts, not Nodes, so a 1 MiB value only
+/// passes through; but a SlimNode anyone keeps (our own Node's, a future
+/// store) must not hold it. A longer value is kept as its first 80
+/// characters and its length, which no parser accepts and a warning can
+/// show.
+pub const MAX_KEPT_ANNOTATION_LEN: usize = 4096;
+
+/// At most this many annotations are kept per Node (the six names under a
+/// few prefixes); the rest of a Node with thousands of `*/backend-data`
+/// keys is skipped unread.
+pub const MAX_KEPT_ANNOTATIONS: usize = 32;
+
 /// The annotations map, keeping only [`is_peer_annotation`] entries; the
 /// others' values are skipped unread.
 struct PeerAnnotations(BTreeMap<String, String>);
+
+/// A JSON string read leniently: as raw bytes (serde_json then accepts
+/// escapes of lone UTF-16 surrogates, which a strict string read refuses
+/// and which would make the whole Node, and with it a whole list, fail to
+/// decode), turned into text with U+FFFD for whatever is not UTF-8.
+struct LossyString(String);
+
+impl<'de> Deserialize<'de> for LossyString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Lossy;
+        impl serde::de::Visitor<'_> for Lossy {
+            type Value = LossyString;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<LossyString, E> {
+                Ok(LossyString(text.to_string()))
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<LossyString, E> {
+                Ok(LossyString(String::from_utf8_lossy(bytes).into_owned()))
+            }
+        }
+        deserializer.deserialize_bytes(Lossy)
+    }
+}
+
+/// `value` as kept: itself, or its beginning and length when it is longer
+/// than [`MAX_KEPT_ANNOTATION_LEN`].
+fn bounded(value: String) -> String {
+    if value.len() <= MAX_KEPT_ANNOTATION_LEN {
+        return value;
+    }
+    let head: String = value.chars().take(80).collect();
+    format!(
+        "{head}... ({} bytes, longer than any flannel value)",
+        value.len()
+    )
+}
 
 impl<'de> Deserialize<'de> for PeerAnnotations {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -88,9 +140,10 @@ impl<'de> Deserialize<'de> for PeerAnnotations {
                 mut map: A,
             ) -> Result<PeerAnnotations, A::Error> {
                 let mut kept = BTreeMap::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    if is_peer_annotation(&key) {
-                        kept.insert(key.into_owned(), map.next_value::<String>()?);
+                while let Some(LossyString(key)) = map.next_key::<LossyString>()? {
+                    if is_peer_annotation(&key) && kept.len() < MAX_KEPT_ANNOTATIONS {
+                        let LossyString(value) = map.next_value()?;
+                        kept.insert(key, bounded(value));
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                     }
@@ -250,5 +303,55 @@ mod tests {
         assert_eq!(only_old_field.pod_cidrs(), vec!["10.42.2.0/24".to_string()]);
         let no_spec: SlimNode = serde_json::from_str(r#"{"metadata": {"name": "n"}}"#).unwrap();
         assert!(no_spec.pod_cidrs().is_empty());
+    }
+
+    #[test]
+    fn hostile_annotations_decode_and_stay_small() {
+        // Escapes of lone surrogates (valid JSON, not valid Unicode) in a
+        // kept annotation's key and value, and in a skipped one: the Node
+        // still decodes, with U+FFFD, instead of failing the whole list.
+        let json = r#"{"metadata": {"name": "n", "annotations": {
+            "flannel.alpha.coreos.com/public-ip": "192.168.1.\ud800",
+            "x\udc00/backend-type": "vxlan",
+            "example.com/other": "\udfff"}}}"#;
+        let node: SlimNode = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            node.annotation("flannel.alpha.coreos.com/public-ip"),
+            Some("192.168.1.\u{fffd}\u{fffd}\u{fffd}")
+        );
+        assert_eq!(
+            node.annotation("x\u{fffd}\u{fffd}\u{fffd}/backend-type"),
+            Some("vxlan")
+        );
+        // The same inside a watch event, as kube's watcher decodes it.
+        let event = format!(r#"{{"type": "ADDED", "object": {json}}}"#);
+        let event: kube::api::WatchEvent<SlimNode> = serde_json::from_str(&event).unwrap();
+        assert!(matches!(event, kube::api::WatchEvent::Added(_)));
+
+        // A 1 MiB value is kept as its beginning and length.
+        let big = "a".repeat(1 << 20);
+        let json = format!(
+            r#"{{"metadata": {{"name": "n", "annotations": {{"flannel.alpha.coreos.com/backend-data": "{big}"}}}}}}"#
+        );
+        let node: SlimNode = serde_json::from_str(&json).unwrap();
+        let kept = node
+            .annotation("flannel.alpha.coreos.com/backend-data")
+            .unwrap();
+        assert!(kept.len() < 200, "{kept}");
+        assert!(kept.ends_with("(1048576 bytes, longer than any flannel value)"));
+
+        // 5,000 keys that all look like flannel's: 32 kept.
+        let many: Vec<String> = (0..5000)
+            .map(|i| format!(r#""x{i}.example/backend-data": "{{}}""#))
+            .collect();
+        let json = format!(
+            r#"{{"metadata": {{"name": "n", "annotations": {{{}}}}}}}"#,
+            many.join(",")
+        );
+        let node: SlimNode = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            node.metadata.annotations.unwrap().len(),
+            MAX_KEPT_ANNOTATIONS
+        );
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use kube::runtime::watcher::{self, Event};
@@ -33,6 +34,101 @@ pub struct PeerSnapshot {
 /// A receiver of PeerSet snapshots; `changed()` wakes on every new one.
 pub type PeerReceiver = watch::Receiver<PeerSnapshot>;
 
+/// How often one Node may be warned about: a Node whose annotations a
+/// controller keeps flipping between valid and invalid (seen at 100 times
+/// a second in the hostile-Nodes test) must not turn into 100 warnings a
+/// second.
+pub const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Skip warnings, at most one per Node per [`WARN_INTERVAL`]; what comes
+/// in between is held back (the latest reason, and a count) and said when
+/// the interval is over, if the Node is still skipped for that reason.
+#[derive(Debug, Default)]
+struct WarnLimiter {
+    nodes: HashMap<String, NodeWarnings>,
+}
+
+#[derive(Debug)]
+struct NodeWarnings {
+    last: Instant,
+    held: Option<String>,
+    held_count: u64,
+}
+
+impl WarnLimiter {
+    /// A new skip reason for `node`: the text to log now, or `None` when
+    /// it is held back.
+    fn offer(&mut self, node: &str, reason: String, now: Instant) -> Option<String> {
+        match self.nodes.get_mut(node) {
+            Some(entry) if now.duration_since(entry.last) < WARN_INTERVAL => {
+                entry.held = Some(reason);
+                entry.held_count += 1;
+                None
+            }
+            entry => {
+                let held_count = entry.map_or(0, |e| e.held_count);
+                self.nodes.insert(
+                    node.to_string(),
+                    NodeWarnings {
+                        last: now,
+                        held: None,
+                        held_count: 0,
+                    },
+                );
+                Some(with_count(reason, held_count))
+            }
+        }
+    }
+
+    /// Held warnings whose interval is over: said if `current` (the Node's
+    /// skip reason now) is still the held one. Entries with nothing held
+    /// are forgotten once their interval is over, so deleted Nodes cost
+    /// nothing.
+    fn due(
+        &mut self,
+        now: Instant,
+        current: impl Fn(&str) -> Option<String>,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        self.nodes.retain(|node, entry| {
+            if now.duration_since(entry.last) < WARN_INTERVAL {
+                return true;
+            }
+            let Some(held) = entry.held.take() else {
+                return false;
+            };
+            if current(node).as_deref() == Some(held.as_str()) {
+                // Counted as the one said now, not as held back.
+                out.push((node.clone(), with_count(held, entry.held_count - 1)));
+                entry.last = now;
+                entry.held_count = 0;
+                true
+            } else {
+                false
+            }
+        });
+        out.sort();
+        out
+    }
+
+    /// When the next held warning is due.
+    fn next_due(&self) -> Option<Instant> {
+        self.nodes
+            .values()
+            .filter(|e| e.held.is_some())
+            .map(|e| e.last + WARN_INTERVAL)
+            .min()
+    }
+}
+
+fn with_count(reason: String, held: u64) -> String {
+    match held {
+        0 => reason,
+        1 => format!("{reason} (1 more warning about this node held back)"),
+        n => format!("{reason} ({n} more warnings about this node held back)"),
+    }
+}
+
 /// The verdicts for every Node the watch knows, and what has been said
 /// about them.
 struct NodeCache {
@@ -44,8 +140,9 @@ struct NodeCache {
     /// cache, so a Node deleted while the watch was down disappears.
     relisting: Option<HashMap<String, Candidate>>,
     synced: bool,
-    /// Node name → the skip reason already logged.
+    /// Node name → the skip reason already logged (or held back).
     warned: BTreeMap<String, String>,
+    limiter: WarnLimiter,
     own_lease_warned: bool,
 }
 
@@ -57,6 +154,7 @@ impl NodeCache {
             relisting: None,
             synced: false,
             warned: BTreeMap::new(),
+            limiter: WarnLimiter::default(),
             own_lease_warned: false,
         }
     }
@@ -113,7 +211,7 @@ impl NodeCache {
     /// exactly once, and the names whose entry changed since the last
     /// snapshot (sorted): only those are looked at, so a snapshot costs
     /// O(changed · log n) whatever the cluster's size.
-    fn snapshot(&mut self) -> (PeerSnapshot, Vec<(String, String)>, Vec<String>) {
+    fn snapshot(&mut self, now: Instant) -> (PeerSnapshot, Vec<(String, String)>, Vec<String>) {
         let mut touched = self.resolver.take_changed();
         touched.sort_unstable();
         touched.dedup();
@@ -125,7 +223,9 @@ impl NodeCache {
                     let text = reason.to_string();
                     if self.warned.get(name) != Some(&text) {
                         self.warned.insert(name.clone(), text.clone());
-                        new_warnings.push((name.clone(), text));
+                        if let Some(text) = self.limiter.offer(name, text, now) {
+                            new_warnings.push((name.clone(), text));
+                        }
                     }
                 }
                 None => {
@@ -139,6 +239,13 @@ impl NodeCache {
             skipped: build.skipped.len(),
         };
         (snapshot, new_warnings, touched)
+    }
+
+    /// Held-back warnings now due, for Nodes still skipped for that reason.
+    fn due_warnings(&mut self, now: Instant) -> Vec<(String, String)> {
+        let skipped = &self.resolver.build().skipped;
+        self.limiter
+            .due(now, |node| skipped.get(node).map(ToString::to_string))
     }
 }
 
@@ -183,7 +290,20 @@ pub async fn watch_peers_with(
     let mut cache = NodeCache::new(ctx);
     let mut last_error: Option<String> = None;
     loop {
-        let Some(first) = events.next().await else {
+        // Held-back warnings are said when due, even if no event comes.
+        let next = match cache.limiter.next_due() {
+            Some(due) => match tokio::time::timeout_at(due.into(), events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    for (name, reason) in cache.due_warnings(Instant::now()) {
+                        warn!(peer = %name, "skipping node {name} as a peer: {reason}");
+                    }
+                    continue;
+                }
+            },
+            None => events.next().await,
+        };
+        let Some(first) = next else {
             // The watcher never ends on its own; if it did, keep the last
             // snapshot rather than tearing the network down.
             warn!("the Node watch ended; peers stay as they are");
@@ -213,7 +333,7 @@ pub async fn watch_peers_with(
             pending = events.next().now_or_never().flatten();
         }
         if changed && cache.synced {
-            let (snapshot, new_warnings, touched) = cache.snapshot();
+            let (snapshot, new_warnings, touched) = cache.snapshot(Instant::now());
             for (name, reason) in new_warnings {
                 warn!(peer = %name, "skipping node {name} as a peer: {reason}");
             }
@@ -305,12 +425,12 @@ mod tests {
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
         cache.apply(Event::InitApply(peer("node-c", "10.42.2.0/24", "2")));
         assert!(cache.apply(Event::InitDone));
-        assert_eq!(cache.snapshot().0.peers.len(), 2);
+        assert_eq!(cache.snapshot(Instant::now()).0.peers.len(), 2);
         // The watch broke; node-c was deleted meanwhile; the relist lacks it.
         cache.apply(Event::Init);
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "1")));
         assert!(cache.apply(Event::InitDone));
-        let (snapshot, _, _) = cache.snapshot();
+        let (snapshot, _, _) = cache.snapshot(Instant::now());
         assert_eq!(snapshot.peers.len(), 1);
         assert!(snapshot.peers.get("node-b").is_some());
     }
@@ -327,7 +447,7 @@ mod tests {
         let mut nodes: BTreeMap<String, SlimNode> = BTreeMap::new();
         cache.apply(Event::Init);
         cache.apply(Event::InitDone);
-        let (mut previous, _, _) = cache.snapshot();
+        let (mut previous, _, _) = cache.snapshot(Instant::now());
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let mut next = |bound: u64| {
             seed ^= seed << 13;
@@ -359,7 +479,7 @@ mod tests {
             };
             let Some(event) = event else { continue };
             cache.apply(event);
-            let (snapshot, _, touched) = cache.snapshot();
+            let (snapshot, _, touched) = cache.snapshot(Instant::now());
             let full = crate::kube_subnet::build_peer_set(nodes.values(), &ctx);
             assert_eq!(*snapshot.peers, full.peers, "step {step}");
             assert_eq!(snapshot.skipped, full.skipped.len(), "step {step}");
@@ -384,11 +504,18 @@ mod tests {
         // A podCIDR change is noticed (upstream misses it).
         assert!(cache.apply(Event::Apply(peer("node-b", "10.42.9.0/24", "8"))));
         assert_eq!(
-            cache.snapshot().0.peers.get("node-b").unwrap().lease.ipv4,
+            cache
+                .snapshot(Instant::now())
+                .0
+                .peers
+                .get("node-b")
+                .unwrap()
+                .lease
+                .ipv4,
             Some("10.42.9.0/24".parse().unwrap())
         );
         assert!(cache.apply(Event::Delete(peer("node-b", "10.42.9.0/24", "9"))));
-        assert!(cache.snapshot().0.peers.is_empty());
+        assert!(cache.snapshot(Instant::now()).0.peers.is_empty());
     }
 
     #[test]
@@ -403,22 +530,104 @@ mod tests {
         cache.apply(Event::InitApply(bad.clone()));
         cache.apply(Event::InitApply(peer("node-b", "10.42.1.0/24", "2")));
         cache.apply(Event::InitDone);
-        let (snapshot, warnings, _) = cache.snapshot();
+        let (snapshot, warnings, _) = cache.snapshot(Instant::now());
         assert_eq!((snapshot.peers.len(), snapshot.skipped), (1, 1));
         assert_eq!(warnings.len(), 1);
         assert!(warnings[0].1.contains("'not-an-ip'"), "{warnings:?}");
         // Other changes, and the same bad node again: nothing new to say.
         cache.apply(Event::Apply(peer("node-c", "10.42.2.0/24", "3")));
         cache.apply(Event::Apply(bad.clone()));
-        assert!(cache.snapshot().1.is_empty());
-        // A different problem with the same node is said once more.
+        assert!(cache.snapshot(Instant::now()).1.is_empty());
+        // A different problem with the same node is said once more (once
+        // the node's warning interval is over).
         bad.spec.pod_cidr = Some("10.99.0.0/24".into());
         cache.apply(Event::Apply(bad));
-        let (_, warnings, _) = cache.snapshot();
+        let (_, warnings, _) = cache.snapshot(Instant::now() + WARN_INTERVAL);
         assert_eq!(warnings.len(), 1);
         assert!(
             warnings[0].1.contains("not inside the flannel Network"),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn the_limiter_says_one_warning_per_node_per_interval() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut limiter = WarnLimiter::default();
+        assert_eq!(
+            limiter.offer("x", "bad A".into(), at(0)),
+            Some("bad A".into())
+        );
+        // Another node is not held back by x.
+        assert_eq!(
+            limiter.offer("y", "bad Y".into(), at(1)),
+            Some("bad Y".into())
+        );
+        assert_eq!(limiter.offer("x", "bad B".into(), at(1)), None);
+        assert_eq!(limiter.offer("x", "bad A".into(), at(2)), None);
+        assert_eq!(limiter.next_due(), Some(at(30)));
+        let current =
+            |reason: &'static str| move |node: &str| (node == "x").then(|| reason.to_string());
+        assert!(limiter.due(at(29), current("bad A")).is_empty());
+        // Due: the latest reason, with the one before it counted.
+        assert_eq!(
+            limiter.due(at(30), current("bad A")),
+            [(
+                "x".to_string(),
+                "bad A (1 more warning about this node held back)".to_string()
+            )]
+        );
+        assert_eq!(limiter.offer("x", "bad C".into(), at(31)), None);
+        // y's interval is over with nothing held: forgotten. x became a
+        // peer before its held warning was due: nothing to say, forgotten.
+        assert!(limiter.due(at(61), |_| None).is_empty());
+        assert!(limiter.nodes.is_empty());
+        // Held back, then offered after the interval: said with the count.
+        limiter.offer("z", "one".into(), at(100));
+        limiter.offer("z", "two".into(), at(101));
+        limiter.offer("z", "three".into(), at(102));
+        assert_eq!(
+            limiter.offer("z", "four".into(), at(131)),
+            Some("four (2 more warnings about this node held back)".into())
+        );
+    }
+
+    /// A Node flapping between valid and invalid 100 times a second for
+    /// 10 s: one warning, then the held one when the interval is over.
+    #[test]
+    fn a_flapping_node_is_warned_about_once_per_interval() {
+        let mut cache = NodeCache::new(ctx());
+        cache.apply(Event::Init);
+        cache.apply(Event::InitDone);
+        let good = peer("node-f", "10.42.5.0/24", "1");
+        let mut bad = good.clone();
+        bad.metadata.annotations.as_mut().unwrap().insert(
+            "flannel.alpha.coreos.com/public-ip".into(),
+            "not-an-ip".into(),
+        );
+        let t0 = Instant::now();
+        let mut said = Vec::new();
+        for i in 0..1000u64 {
+            let node = if i % 2 == 0 {
+                bad.clone()
+            } else {
+                good.clone()
+            };
+            cache.apply(Event::Apply(node));
+            let now = t0 + Duration::from_millis(10 * i);
+            said.extend(cache.snapshot(now).1);
+            said.extend(cache.due_warnings(now));
+        }
+        assert_eq!(said.len(), 1, "{said:?}");
+        // It ends invalid: the held warning is said when due.
+        cache.apply(Event::Apply(bad));
+        cache.snapshot(t0 + Duration::from_secs(11));
+        let later = cache.due_warnings(t0 + WARN_INTERVAL);
+        assert_eq!(later.len(), 1);
+        assert!(
+            later[0].1.contains("'not-an-ip'") && later[0].1.contains("held back"),
+            "{later:?}"
         );
     }
 }
