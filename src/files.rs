@@ -135,20 +135,32 @@ pub(crate) fn write_atomic_with(
         std::process::id(),
         SEQUENCE.fetch_add(1, Ordering::Relaxed)
     ));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        // The temporary file's name changes with every attempt; the step
-        // does not, so a lasting failure reads the same each time.
-        .map_err(|e| {
-            io_error(
-                path,
-                format!("create a temporary file in {}", dir.display()),
-                e,
-            )
-        })?;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+    };
+    // This process never reuses a name, so one that exists was left by an
+    // earlier process with the same pid (a container's pid 1 killed
+    // between create and rename): stale, and in the way of every run.
+    let mut file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let _ = fs::remove_file(&temp);
+            create()
+        }
+        other => other,
+    }
+    // The temporary file's name changes with every attempt; the step
+    // does not, so a lasting failure reads the same each time.
+    .map_err(|e| {
+        io_error(
+            path,
+            format!("create a temporary file in {}", dir.display()),
+            e,
+        )
+    })?;
 
     let written = (|| {
         // The umask may have narrowed the mode given to open().
@@ -631,5 +643,36 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read_to_string(&path).unwrap(), SEED_SUBNET_ENV);
+    }
+
+    /// A container's pid 1 killed between create and rename leaves
+    /// `.<name>.1.0.tmp`; the next pid 1 makes the same name first.
+    #[test]
+    fn a_temporary_file_left_by_an_earlier_process_is_not_in_the_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("10-flannel.conflist");
+        let stale = dir.path().join(format!(
+            ".10-flannel.conflist.{}.{}.tmp",
+            std::process::id(),
+            0
+        ));
+        let mut last_error = None;
+        // The sequence number is per process and shared by the tests, so
+        // plant every name the next writes could take.
+        for seq in 0..10_000u64 {
+            let name = dir.path().join(format!(
+                ".10-flannel.conflist.{}.{seq}.tmp",
+                std::process::id()
+            ));
+            fs::write(&name, b"half").unwrap();
+        }
+        assert!(stale.exists());
+        for _ in 0..3 {
+            if let Err(e) = write_atomic(&path, b"whole") {
+                last_error = Some(e.to_string());
+            }
+        }
+        assert_eq!(last_error, None);
+        assert_eq!(fs::read(&path).unwrap(), b"whole");
     }
 }

@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -149,12 +150,9 @@ pub fn required_plugins(conflist: &[u8]) -> Result<RequiredPlugins, String> {
     for (index, plugin) in plugins.iter().enumerate() {
         let what = format!("plugins[{index}]");
         let kind = plugin_type(plugin, &what)?;
-        if let Some(ipam) = plugin.get("ipam") {
-            names.insert(plugin_type(ipam, &format!("{what}.ipam"))?);
-        }
         if kind == OWN_PLUGIN {
-            // Our plugin runs its delegate (bridge unless set) with
-            // host-local IPAM unless its own `ipam` says otherwise.
+            // Our plugin runs its delegate (bridge unless set) with the
+            // IPAM its own `ipam` names, host-local unless it names one.
             let delegate = match plugin.get("delegate") {
                 Some(delegate) if delegate.get("type").is_some() => {
                     plugin_type(delegate, &format!("{what}.delegate"))?
@@ -162,9 +160,15 @@ pub fn required_plugins(conflist: &[u8]) -> Result<RequiredPlugins, String> {
                 _ => "bridge".to_string(),
             };
             names.insert(delegate);
-            if plugin.get("ipam").is_none() {
-                names.insert("host-local".to_string());
-            }
+            let ipam = match plugin.get("ipam") {
+                Some(ipam) if ipam.get("type").is_some() => {
+                    plugin_type(ipam, &format!("{what}.ipam"))?
+                }
+                _ => "host-local".to_string(),
+            };
+            names.insert(ipam);
+        } else if let Some(ipam) = plugin.get("ipam") {
+            names.insert(plugin_type(ipam, &format!("{what}.ipam"))?);
         }
         names.insert(kind);
     }
@@ -183,7 +187,7 @@ fn plugin_type(entry: &Value, what: &str) -> Result<String, String> {
 }
 
 fn valid_plugin_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && !name.starts_with('.') && name != ".."
+    !name.is_empty() && !name.contains('/') && !name.starts_with('.')
 }
 
 /// What is at a plugin's place in the node's plugin directory.
@@ -196,8 +200,21 @@ pub enum Found {
     /// A file an earlier run installed (recorded), now different from the
     /// image's copy: an older image's.
     InstalledEarlier,
-    /// The node's own file, and whether it can serve the conflist.
-    NodeOwn(Result<(), String>),
+    /// The node's own file, and what asking it `VERSION` showed.
+    NodeOwn(Probe),
+}
+
+/// What a plugin already on the node answered to `VERSION`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It lists the conflist's `cniVersion`.
+    Works,
+    /// It ran, and cannot serve the conflist (the reason).
+    Unsuitable(String),
+    /// It could not be run from this container (a symbolic link to a
+    /// path only the node has, a dynamically linked program whose loader
+    /// is elsewhere): whether it works on the node is not known here.
+    Unknown(String),
 }
 
 /// What to do with one plugin.
@@ -225,14 +242,24 @@ pub fn decide(plugin: &str, found: &Found, carried: bool) -> Result<Action, Stri
         Found::NodeOwn(_) if plugin == OWN_PLUGIN => {
             Action::Replace("our flannel plugin must match this agent".into())
         }
-        Found::NodeOwn(Ok(())) => return Ok(Action::Keep("the node's own copy works".into())),
-        Found::NodeOwn(Err(why)) => Action::Replace(format!("the node's own copy {why}")),
+        Found::NodeOwn(Probe::Works) => {
+            return Ok(Action::Keep("the node's own copy works".into()))
+        }
+        // Never overwrite what we cannot judge: say so instead.
+        Found::NodeOwn(Probe::Unknown(why)) => {
+            return Ok(Action::Keep(format!(
+                "the node's own copy {why}; kept (check it on the node)"
+            )))
+        }
+        Found::NodeOwn(Probe::Unsuitable(why)) => {
+            Action::Replace(format!("the node's own copy {why}"))
+        }
     };
     if carried {
         return Ok(action);
     }
     Err(match found {
-        Found::NodeOwn(Err(why)) => format!("the node's own copy {why}"),
+        Found::NodeOwn(Probe::Unsuitable(why)) => format!("the node's own copy {why}"),
         Found::Missing => "the node has none".into(),
         // Ours or installed earlier but no longer in the image: keep it.
         _ => return Ok(Action::Keep("the image no longer carries it".into())),
@@ -324,7 +351,10 @@ impl Installer {
             match action {
                 Action::Install | Action::Replace(_) => {
                     install_file(source, &target, PLUGIN_MODE)?;
+                    // Recorded at once: a run that fails later still
+                    // knows this file is ours.
                     record.note(plugin, &target);
+                    record.save(&self.bin_dir)?;
                 }
                 Action::UpToDate => record.note(plugin, &target),
                 Action::Keep(_) => record.forget(plugin),
@@ -352,9 +382,26 @@ impl Installer {
         cni_version: &str,
     ) -> Result<Found, InstallError> {
         let target = self.bin_dir.join(plugin);
-        let Ok(meta) = fs::metadata(&target) else {
+        let Ok(meta) = fs::symlink_metadata(&target) else {
             return Ok(Found::Missing);
         };
+        if meta.file_type().is_symlink() {
+            // The node's own (we only install files); judged through the
+            // link when it leads somewhere this container sees.
+            if plugin == OWN_PLUGIN {
+                return Ok(Found::NodeOwn(Probe::Unsuitable(
+                    "is a symbolic link, not this image's plugin".into(),
+                )));
+            }
+            let link = fs::read_link(&target).unwrap_or_default();
+            return Ok(Found::NodeOwn(match fs::metadata(&target) {
+                Ok(_) => probe(&target, cni_version),
+                Err(_) => Probe::Unknown(format!(
+                    "is a symbolic link to {}, which this container cannot see",
+                    link.display()
+                )),
+            }));
+        }
         if !meta.is_file() {
             return Ok(Found::Missing);
         }
@@ -365,7 +412,9 @@ impl Installer {
             return Ok(Found::InstalledEarlier);
         }
         if plugin == OWN_PLUGIN {
-            return Ok(Found::NodeOwn(Err("is not this image's".into())));
+            return Ok(Found::NodeOwn(Probe::Unsuitable(
+                "is not this image's".into(),
+            )));
         }
         Ok(Found::NodeOwn(probe(&target, cni_version)))
     }
@@ -391,20 +440,33 @@ pub struct Report {
 
 /// Asks the plugin at `path` for its supported versions (`CNI_COMMAND=
 /// VERSION`, as libcni does before using a plugin) and checks that
-/// `cni_version` is one of them. `Err` says why the plugin cannot serve.
-pub fn probe(path: &Path, cni_version: &str) -> Result<(), String> {
-    let mut child = Command::new(path)
+/// `cni_version` is one of them, within [`PROBE_TIMEOUT`]. The plugin runs
+/// in a process group of its own, which is killed afterwards: a wrapper
+/// script's children cannot outlive the answer or hold it up.
+pub fn probe(path: &Path, cni_version: &str) -> Probe {
+    let mut child = match Command::new(path)
         .env_clear()
         .env("CNI_COMMAND", "VERSION")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot run: {e}"))?;
+    {
+        Ok(child) => child,
+        Err(e) => return Probe::Unknown(format!("cannot be run from this container ({e})")),
+    };
+    let group = child.id() as libc::pid_t;
+    let kill_group = || {
+        // SAFETY: kill(2) with a negative pid signals that process group
+        // (ours, made above); it touches no memory.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+    };
     if let Some(mut stdin) = child.stdin.take() {
         // A plugin that exits without reading gives EPIPE; its answer is
         // what counts.
-        let _ = stdin.write_all(format!("{{\"cniVersion\":\"{cni_version}\"}}").as_bytes());
+        let request = serde_json::json!({ "cniVersion": cni_version }).to_string();
+        let _ = stdin.write_all(request.as_bytes());
     }
     let mut stdout = child.stdout.take();
     let reader = std::thread::spawn(move || {
@@ -418,42 +480,40 @@ pub fn probe(path: &Path, cni_version: &str) -> Result<(), String> {
     let deadline = Instant::now() + PROBE_TIMEOUT;
     let status = loop {
         match child.try_wait() {
-            Ok(Some(status)) => break status,
+            Ok(Some(status)) => break Some(status),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let _ = reader.join();
-                return Err(format!(
-                    "did not answer VERSION within {}s",
-                    PROBE_TIMEOUT.as_secs()
-                ));
-            }
-            Err(e) => return Err(format!("cannot be waited for: {e}")),
+            Ok(None) | Err(_) => break None,
         }
     };
+    // Whatever it left running goes, so the pipe closes and the reader
+    // returns.
+    kill_group();
+    let _ = child.wait();
     let out = reader.join().unwrap_or_default();
+    let Some(status) = status else {
+        return Probe::Unsuitable(format!(
+            "did not answer VERSION within {}s",
+            PROBE_TIMEOUT.as_secs()
+        ));
+    };
     if !status.success() {
-        return Err(format!("fails VERSION ({status})"));
+        return Probe::Unsuitable(format!("fails VERSION ({status})"));
     }
-    let versions: Vec<String> = serde_json::from_slice::<Value>(&out)
-        .ok()
-        .and_then(|v| {
-            v.get("supportedVersions")?.as_array().map(|list| {
-                list.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
+    let versions: Option<Vec<String>> = serde_json::from_slice::<Value>(&out).ok().and_then(|v| {
+        v.get("supportedVersions")?.as_array().map(|list| {
+            list.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
         })
-        .ok_or_else(|| "answers VERSION without supportedVersions".to_string())?;
-    if versions.iter().any(|v| v == cni_version) {
-        Ok(())
-    } else {
-        Err(format!(
+    });
+    match versions {
+        None => Probe::Unsuitable("answers VERSION without supportedVersions".into()),
+        Some(versions) if versions.iter().any(|v| v == cni_version) => Probe::Works,
+        Some(versions) => Probe::Unsuitable(format!(
             "does not support cniVersion {cni_version} (it supports {})",
             versions.join(", ")
-        ))
+        )),
     }
 }
 
@@ -501,12 +561,11 @@ fn remove_leftovers(dir: &Path, plugins: &RequiredPlugins) -> Result<(), Install
 }
 
 /// A file as this module left it: enough to tell whether it is still the
-/// file an earlier run installed (a rename or a write changes one of
-/// these).
+/// file an earlier run installed. Size and modification time survive a
+/// remount (a kind node's restart changes device and inode numbers on
+/// overlayfs); a copy or write by anyone else changes the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Identity {
-    dev: u64,
-    ino: u64,
     size: u64,
     mtime_ns: i128,
 }
@@ -514,8 +573,6 @@ struct Identity {
 impl Identity {
     fn of(meta: &fs::Metadata) -> Identity {
         Identity {
-            dev: meta.dev(),
-            ino: meta.ino(),
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         }
@@ -598,6 +655,12 @@ mod tests {
                 r#"{"cniVersion":"1.0.0","plugins":[{"type":"flannel","delegate":{"type":"ptp"},"ipam":{"type":"static"}}]}"#,
                 Ok(&["flannel", "loopback", "ptp", "static"]),
             ),
+            // flannel's ipam without a type is host-local, as the plugin
+            // reads it.
+            (
+                r#"{"cniVersion":"1.0.0","plugins":[{"type":"flannel","ipam":{"routes":[{"dst":"10.0.0.0/8"}]}}]}"#,
+                Ok(&["bridge", "flannel", "host-local", "loopback"]),
+            ),
             // A plugin's own ipam type counts.
             (
                 r#"{"cniVersion":"1.0.0","plugins":[{"type":"bridge","ipam":{"type":"host-local"}}]}"#,
@@ -640,15 +703,21 @@ mod tests {
 
     #[test]
     fn decide_table() {
-        let unusable = Found::NodeOwn(Err("does not support cniVersion 1.0.0".into()));
+        let unusable = Found::NodeOwn(Probe::Unsuitable(
+            "does not support cniVersion 1.0.0".into(),
+        ));
+        let unknown = Found::NodeOwn(Probe::Unknown("cannot be run from this container".into()));
         let cases: &[(&str, Found, bool, Result<&str, &str>)] = &[
             ("bridge", Found::Missing, true, Ok("install")),
             ("bridge", Found::Missing, false, Err("the node has none")),
             ("bridge", Found::SameAsImage, true, Ok("up to date")),
             ("bridge", Found::InstalledEarlier, true, Ok("replace")),
             ("bridge", Found::InstalledEarlier, false, Ok("keep")),
-            ("portmap", Found::NodeOwn(Ok(())), true, Ok("keep")),
-            ("portmap", Found::NodeOwn(Ok(())), false, Ok("keep")),
+            ("portmap", Found::NodeOwn(Probe::Works), true, Ok("keep")),
+            ("portmap", Found::NodeOwn(Probe::Works), false, Ok("keep")),
+            // What cannot be judged here is never overwritten.
+            ("portmap", unknown.clone(), true, Ok("keep")),
+            ("portmap", unknown, false, Ok("keep")),
             ("portmap", unusable.clone(), true, Ok("replace")),
             (
                 "portmap",
@@ -657,7 +726,7 @@ mod tests {
                 Err("does not support cniVersion 1.0.0"),
             ),
             // Our plugin is always the image's, even when the node's runs.
-            ("flannel", Found::NodeOwn(Ok(())), true, Ok("replace")),
+            ("flannel", Found::NodeOwn(Probe::Works), true, Ok("replace")),
             ("flannel", Found::Missing, false, Err("the node has none")),
         ];
         for (plugin, found, carried, want) in cases {
@@ -690,7 +759,7 @@ mod tests {
     fn probe_checks_the_version_answer() {
         let dir = tempfile::tempdir().unwrap();
         let good = script(dir.path(), "good", ANSWERS_1_0);
-        assert_eq!(probe(&good, "1.0.0"), Ok(()));
+        assert_eq!(probe(&good, "1.0.0"), Probe::Works);
         let old = script(
             dir.path(),
             "old",
@@ -698,40 +767,61 @@ mod tests {
         );
         assert_eq!(
             probe(&old, "1.0.0"),
-            Err(
+            Probe::Unsuitable(
                 "does not support cniVersion 1.0.0 (it supports 0.1.0, 0.2.0, 0.3.0, 0.3.1, 0.4.0)"
                     .into()
             )
         );
         let failing = script(dir.path(), "failing", "exit 3");
-        assert!(probe(&failing, "1.0.0")
-            .unwrap_err()
-            .starts_with("fails VERSION"));
+        assert!(
+            matches!(probe(&failing, "1.0.0"), Probe::Unsuitable(why) if why.starts_with("fails VERSION"))
+        );
         let garbage = script(dir.path(), "garbage", "echo hello");
         assert_eq!(
             probe(&garbage, "1.0.0"),
-            Err("answers VERSION without supportedVersions".into())
+            Probe::Unsuitable("answers VERSION without supportedVersions".into())
         );
-        // A dynamically linked plugin on a node without its loader: exec
-        // fails with ENOENT, as a missing interpreter does.
+        // A dynamically linked plugin whose loader only the node has: exec
+        // fails with ENOENT here, which says nothing about the node.
         let no_loader = dir.path().join("no-loader");
         fs::write(&no_loader, "#!/nonexistent/ld.so\n").unwrap();
         fs::set_permissions(&no_loader, Permissions::from_mode(0o755)).unwrap();
-        assert!(probe(&no_loader, "1.0.0")
-            .unwrap_err()
-            .starts_with("cannot run"));
+        assert!(
+            matches!(probe(&no_loader, "1.0.0"), Probe::Unknown(why) if why.starts_with("cannot be run from this container"))
+        );
     }
 
+    /// A wrapper that runs the real program without `exec`, and never
+    /// answers: given up on in time, its child killed with it.
     #[test]
-    fn a_hanging_plugin_is_given_up_on() {
+    fn a_hanging_plugin_and_its_children_are_given_up_on() {
         let dir = tempfile::tempdir().unwrap();
-        let hang = script(dir.path(), "hang", "exec sleep 60");
+        let pidfile = dir.path().join("child.pid");
+        let hang = script(
+            dir.path(),
+            "hang",
+            &format!("sleep 3600 & echo $! > {}\nwait", pidfile.display()),
+        );
         let started = Instant::now();
         assert_eq!(
             probe(&hang, "1.0.0"),
-            Err("did not answer VERSION within 5s".into())
+            Probe::Unsuitable("did not answer VERSION within 5s".into())
         );
         assert!(started.elapsed() < Duration::from_secs(30));
+        let child = fs::read_to_string(&pidfile).unwrap();
+        let stat = fs::read_to_string(format!("/proc/{}/stat", child.trim())).unwrap_or_default();
+        // Gone, or a zombie waiting for a parent that is gone too.
+        assert!(stat.is_empty() || stat.contains(") Z "), "{stat}");
+        // A wrapper that answers, leaving a child behind, does not hold
+        // the answer up.
+        let leaves = script(
+            dir.path(),
+            "leaves",
+            &format!("sleep 3600 &\n{ANSWERS_1_0}"),
+        );
+        let started = Instant::now();
+        assert_eq!(probe(&leaves, "1.0.0"), Probe::Works);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     struct Dirs {

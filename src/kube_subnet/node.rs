@@ -80,11 +80,6 @@ fn is_peer_annotation(key: &str) -> bool {
 /// show.
 pub const MAX_KEPT_ANNOTATION_LEN: usize = 4096;
 
-/// At most this many annotations are kept per Node (the six names under a
-/// few prefixes); the rest of a Node with thousands of `*/backend-data`
-/// keys is skipped unread.
-pub const MAX_KEPT_ANNOTATIONS: usize = 32;
-
 /// The annotations map, keeping only [`is_peer_annotation`] entries; the
 /// others' values are skipped unread.
 struct PeerAnnotations(BTreeMap<String, String>);
@@ -141,7 +136,7 @@ impl<'de> Deserialize<'de> for PeerAnnotations {
             ) -> Result<PeerAnnotations, A::Error> {
                 let mut kept = BTreeMap::new();
                 while let Some(LossyString(key)) = map.next_key::<LossyString>()? {
-                    if is_peer_annotation(&key) && kept.len() < MAX_KEPT_ANNOTATIONS {
+                    if is_peer_annotation(&key) {
                         let LossyString(value) = map.next_value()?;
                         kept.insert(key, bounded(value));
                     } else {
@@ -210,7 +205,7 @@ impl From<&Node> for SlimNode {
                 annotations: node.metadata.annotations.as_ref().map(|all| {
                     all.iter()
                         .filter(|(key, _)| is_peer_annotation(key))
-                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .map(|(key, value)| (key.clone(), bounded(value.clone())))
                         .collect()
                 }),
                 ..ObjectMeta::default()
@@ -340,18 +335,22 @@ mod tests {
         assert!(kept.len() < 200, "{kept}");
         assert!(kept.ends_with("(1048576 bytes, longer than any flannel value)"));
 
-        // 5,000 keys that all look like flannel's: 32 kept.
-        let many: Vec<String> = (0..5000)
-            .map(|i| format!(r#""x{i}.example/backend-data": "{{}}""#))
+        // 5,000 keys that all look like flannel's under other prefixes, and
+        // the real ones after them (the API server sends keys sorted): the
+        // real ones are still read. (kube-apiserver caps a Node's
+        // annotations at 256 KiB in all.)
+        let mut many: Vec<String> = (0..5000)
+            .map(|i| format!(r#""a{i}.example/public-ip": "10.0.0.1""#))
             .collect();
+        many.push(r#""flannel.alpha.coreos.com/public-ip": "192.168.1.13""#.into());
         let json = format!(
             r#"{{"metadata": {{"name": "n", "annotations": {{{}}}}}}}"#,
             many.join(",")
         );
         let node: SlimNode = serde_json::from_str(&json).unwrap();
         assert_eq!(
-            node.metadata.annotations.unwrap().len(),
-            MAX_KEPT_ANNOTATIONS
+            node.annotation("flannel.alpha.coreos.com/public-ip"),
+            Some("192.168.1.13")
         );
     }
 }

@@ -5,12 +5,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
+// tokio's clock: the loop's timer and the limiter read the same one.
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::api_error::{explain_watch, Permission};
@@ -292,7 +294,7 @@ pub async fn watch_peers_with(
     loop {
         // Held-back warnings are said when due, even if no event comes.
         let next = match cache.limiter.next_due() {
-            Some(due) => match tokio::time::timeout_at(due.into(), events.next()).await {
+            Some(due) => match tokio::time::timeout_at(due, events.next()).await {
                 Ok(next) => next,
                 Err(_) => {
                     for (name, reason) in cache.due_warnings(Instant::now()) {
@@ -332,8 +334,9 @@ pub async fn watch_peers_with(
             }
             pending = events.next().now_or_never().flatten();
         }
+        let now = Instant::now();
         if changed && cache.synced {
-            let (snapshot, new_warnings, touched) = cache.snapshot(Instant::now());
+            let (snapshot, new_warnings, touched) = cache.snapshot(now);
             for (name, reason) in new_warnings {
                 warn!(peer = %name, "skipping node {name} as a peer: {reason}");
             }
@@ -355,6 +358,11 @@ pub async fn watch_peers_with(
                 *current = snapshot;
                 modified
             });
+        }
+        // Busy watches flush (and forget) what is due here; idle ones at
+        // the timer above.
+        for (name, reason) in cache.due_warnings(now) {
+            warn!(peer = %name, "skipping node {name} as a peer: {reason}");
         }
     }
 }

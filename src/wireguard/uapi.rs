@@ -191,13 +191,17 @@ pub fn encode_set(update: &DeviceUpdate) -> String {
 }
 
 /// Parses a `get=1` answer: the device, its peers and the errno. An error
-/// names the line at fault but never the device's private key, wherever
-/// in a malformed answer it appears.
+/// names the line at fault but never the device's private key or a
+/// preshared key (the cluster's PSK), wherever in a malformed answer they
+/// appear.
 pub fn parse_get(answer: &str) -> Result<(DeviceState, i64), String> {
     parse_get_unredacted(answer).map_err(|mut problem| {
         for secret in answer
             .lines()
-            .filter_map(|line| line.strip_prefix("private_key="))
+            .filter_map(|line| {
+                line.strip_prefix("private_key=")
+                    .or_else(|| line.strip_prefix("preshared_key="))
+            })
             .filter(|secret| !secret.is_empty())
         {
             problem = problem.replace(secret, "<redacted>");
@@ -404,5 +408,17 @@ mod tests {
             problem,
             "listen_port='518private_key=<redacted>' is not a port"
         );
+        // Nor the cluster's preshared key (found in review).
+        let psk = "f3770d4fc4c402ea475336cd21f69e76e2e4f869b6e01ad780fd3d3b1ebdf425";
+        let key = "a".repeat(64);
+        for answer in [
+            format!("public_key={key}\npreshared_key={psk} \nerrno=0\n\n"),
+            format!(
+                "public_key={key}\npreshared_key={psk}\npersistent_keepalive_interval=25preshared_key={psk}\nerrno=0\n\n"
+            ),
+        ] {
+            let problem = parse_get(&answer).unwrap_err();
+            assert!(!problem.contains(psk) && problem.contains("<redacted>"), "{problem}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The answers of a userspace WireGuard (wireguard-go, boringtun) on its
 //! API socket: `get=1` (`parse_get`) and `set=1` (`parse_errno`). A bad
-//! answer is an error naming the line, never quoting the private key; a
-//! good one gives each peer once, sorted by public key.
+//! answer is an error naming the line, never quoting the private key or
+//! a preshared key; a good one gives each peer once, sorted by public key.
 #![no_main]
 
 use flannel_embed::wireguard::uapi::{parse_errno, parse_get};
@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     match parse_get(answer) {
         Err(problem) => {
             for line in answer.lines() {
-                if let Some(secret) = line.strip_prefix("private_key=") {
+                let secret = line
+                    .strip_prefix("private_key=")
+                    .or_else(|| line.strip_prefix("preshared_key="));
+                if let Some(secret) = secret {
                     if secret.len() >= 8 {
                         assert!(!problem.contains(secret), "{problem}");
                     }
