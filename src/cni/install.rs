@@ -10,12 +10,13 @@
 //! made identical to the image's copy. A delegate is installed only where
 //! the node lacks a usable one: a kind node's own `host-local`, `loopback`
 //! and `portmap` are kept as long as they answer `VERSION` with the
-//! conflist's `cniVersion`; one that cannot run or does not support that
-//! version is replaced. A delegate that an earlier run installed (recorded
-//! by inode, size and modification time in
-//! `<bin-dir>/.flannel-embed-installed.json`) is updated to the image's
-//! copy, so a newer image brings newer delegates; anything the node put
-//! there itself is never overwritten while it works.
+//! conflist's `cniVersion`; one that answers wrongly, fails or hangs is
+//! replaced; one that cannot be run from this container at all (a link to
+//! a path only the node has) is kept with a warning, never overwritten
+//! unjudged. A delegate that an earlier run installed (recorded by size and
+//! modification time in `<bin-dir>/.flannel-embed-installed.json`) is
+//! updated to the image's copy, so a newer image brings newer delegates;
+//! anything the node put there itself is never overwritten while it works.
 //!
 //! Every file is replaced atomically (a temporary file in the same
 //! directory, fsync, rename, fsync of the directory): a runtime that
