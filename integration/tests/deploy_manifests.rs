@@ -325,14 +325,8 @@ fn the_real_binary_accepts_the_manifests_command_lines() {
     std::fs::write(&conf, configmap_value(&configmap, "cni-conf.json")).unwrap();
     let plugins = root.path().join("image-plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    for plugin in [
-        "flannel",
-        "bridge",
-        "host-local",
-        "loopback",
-        "portmap",
-        "bandwidth",
-    ] {
+    let conflist = configmap_value(&configmap, "cni-conf.json");
+    for plugin in required_plugins(conflist.as_bytes()).unwrap().names() {
         std::fs::write(plugins.join(plugin), "#!/bin/sh\n").unwrap();
     }
     let output = Command::new(&agent_bin)

@@ -836,14 +836,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let image = root.path().join("image");
         fs::create_dir_all(&image).unwrap();
-        for plugin in [
-            "flannel",
-            "bridge",
-            "host-local",
-            "loopback",
-            "portmap",
-            "bandwidth",
-        ] {
+        // The image carries what k3s's conflist needs.
+        let needed = required_plugins(files::K3S_CNI_CONFLIST.as_bytes()).unwrap();
+        for plugin in needed.names() {
             script(&image, plugin, &format!("# image {plugin}\n{ANSWERS_1_0}"));
         }
         Dirs {
